@@ -1,0 +1,229 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/nodemesh/nodemesh/api"
+	"github.com/nodemesh/nodemesh/identity"
+)
+
+// NamedPort is a port a pod's container declares by name.
+type NamedPort struct {
+	Name  string
+	Port  uint16
+	Proto Proto
+}
+
+// Endpoint is a pod as policy sees it.
+type Endpoint struct {
+	Namespace, Name string
+	Node            string
+	Labels          identity.Labels // identity labels
+	Addrs           []netip.Addr
+	NamedPorts      []NamedPort
+	ServiceAccount  string
+}
+
+// Key is "namespace/name".
+func (e *Endpoint) Key() string { return e.Namespace + "/" + e.Name }
+
+// resolveNamedPort finds the numeric port a name stands for on this
+// endpoint for protocol proto (ProtoAny: any protocol).
+func (e *Endpoint) lookupNamedPort(name string, proto Proto) []NamedPort {
+	var out []NamedPort
+	for _, np := range e.NamedPorts {
+		if np.Name == name && (proto == ProtoAny || np.Proto == proto) {
+			out = append(out, np)
+		}
+	}
+	return out
+}
+
+// EndpointFromPod builds the endpoint of a pod in a namespace with labels
+// nsLabels. Host-network pods are not endpoints (they are their node).
+func EndpointFromPod(p *api.Pod, nsLabels map[string]string) *Endpoint {
+	e := &Endpoint{
+		Namespace:      p.Metadata.Namespace,
+		Name:           p.Metadata.Name,
+		Node:           p.Spec.NodeName,
+		ServiceAccount: p.ServiceAccountName(),
+		Addrs:          p.Addresses(),
+	}
+	e.Labels = identity.ForPod(p.Metadata.Labels, e.Namespace, nsLabels, e.ServiceAccount)
+	for _, c := range append(append([]api.Container{}, p.Spec.Containers...), p.Spec.InitContainers...) {
+		for _, cp := range c.Ports {
+			if cp.Name == "" {
+				continue
+			}
+			proto := ProtoTCP
+			if cp.Protocol != "" {
+				proto, _ = ParseProto(cp.Protocol)
+			}
+			e.NamedPorts = append(e.NamedPorts, NamedPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Proto: proto})
+		}
+	}
+	return e
+}
+
+// World is the cluster state with endpoints built: who is at which address.
+type World struct {
+	Endpoints  []*Endpoint
+	byKey      map[string]*Endpoint
+	byAddr     map[netip.Addr]*Endpoint
+	nodeAddrs  map[netip.Addr]string
+	apiServer  map[netip.Addr]bool
+	namespaces map[string]map[string]string
+}
+
+// NewWorld builds the endpoints of a decoded world.
+func NewWorld(w *api.World) *World {
+	ww := &World{
+		byKey:      map[string]*Endpoint{},
+		byAddr:     map[netip.Addr]*Endpoint{},
+		nodeAddrs:  map[netip.Addr]string{},
+		apiServer:  map[netip.Addr]bool{},
+		namespaces: map[string]map[string]string{},
+	}
+	for _, ns := range w.Namespaces {
+		ww.namespaces[ns.Metadata.Name] = ns.Metadata.Labels
+	}
+	for _, n := range w.Nodes {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				ww.nodeAddrs[ip.Unmap()] = n.Metadata.Name
+			}
+		}
+	}
+	for _, s := range w.APIServerIPs {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			ww.apiServer[ip.Unmap()] = true
+		}
+	}
+	for i := range w.Pods {
+		p := &w.Pods[i]
+		if p.Spec.HostNetwork {
+			continue
+		}
+		e := EndpointFromPod(p, ww.namespaces[p.Metadata.Namespace])
+		ww.Endpoints = append(ww.Endpoints, e)
+		ww.byKey[e.Key()] = e
+		for _, a := range e.Addrs {
+			ww.byAddr[a] = e
+		}
+	}
+	sort.Slice(ww.Endpoints, func(i, j int) bool { return ww.Endpoints[i].Key() < ww.Endpoints[j].Key() })
+	return ww
+}
+
+// Endpoint returns the endpoint named "ns/pod".
+func (w *World) Endpoint(key string) (*Endpoint, bool) {
+	e, ok := w.byKey[key]
+	return e, ok
+}
+
+// Peer is one side of a flow: a pod, a node, the API server or an address
+// outside the cluster.
+type Peer struct {
+	Endpoint  *Endpoint  // set for a pod
+	Addr      netip.Addr // the address used, when known
+	Node      string     // set for a node's address
+	APIServer bool
+}
+
+// String names the peer for users.
+func (p Peer) String() string {
+	switch {
+	case p.Endpoint != nil:
+		return p.Endpoint.Key()
+	case p.APIServer:
+		return "kube-apiserver(" + p.Addr.String() + ")"
+	case p.Node != "":
+		return "node:" + p.Node + "(" + p.Addr.String() + ")"
+	}
+	return p.Addr.String()
+}
+
+// ResolvePeer resolves "ns/pod", "node:NAME" or an IP address.
+func (w *World) ResolvePeer(s string) (Peer, error) {
+	if name, ok := strings.CutPrefix(s, "node:"); ok {
+		for a, n := range w.nodeAddrs {
+			if n == name {
+				return Peer{Node: n, Addr: a}, nil
+			}
+		}
+		return Peer{}, fmt.Errorf("%q: no node %s with an address in the world", s, name)
+	}
+	if strings.Contains(s, "/") {
+		e, ok := w.byKey[s]
+		if !ok {
+			return Peer{}, fmt.Errorf("%q: no such pod in the world (want namespace/pod or an IP address)", s)
+		}
+		p := Peer{Endpoint: e}
+		if len(e.Addrs) > 0 {
+			p.Addr = e.Addrs[0]
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return Peer{}, fmt.Errorf("%q is neither namespace/pod nor an IP address", s)
+	}
+	return w.PeerForAddr(a.Unmap()), nil
+}
+
+// PeerForAddr says who is at an address.
+func (w *World) PeerForAddr(a netip.Addr) Peer {
+	if e, ok := w.byAddr[a]; ok {
+		return Peer{Endpoint: e, Addr: a}
+	}
+	if w.apiServer[a] {
+		return Peer{APIServer: true, Addr: a}
+	}
+	if n, ok := w.nodeAddrs[a]; ok {
+		return Peer{Node: n, Addr: a}
+	}
+	return Peer{Addr: a}
+}
+
+// reservedIdentity is the identity of a non-pod peer seen from localNode.
+func (p Peer) reservedIdentity(localNode string) identity.NumericIdentity {
+	switch {
+	case p.APIServer:
+		return identity.KubeAPIServer
+	case p.Node != "" && p.Node == localNode:
+		return identity.Host
+	case p.Node != "":
+		return identity.RemoteNode
+	case p.Addr.Is6():
+		return identity.WorldIPv6
+	}
+	return identity.WorldIPv4
+}
+
+// Labels are the identity labels of the peer as seen from localNode.
+func (p Peer) Labels(localNode string) identity.Labels {
+	if p.Endpoint != nil {
+		return p.Endpoint.Labels
+	}
+	return identity.ReservedLabels(p.reservedIdentity(localNode))
+}
+
+// outsideCluster reports whether the peer is neither pod, node nor API server.
+func (p Peer) outsideCluster() bool {
+	return p.Endpoint == nil && p.Node == "" && !p.APIServer
+}
+
+// SameIdentity lists the endpoints with exactly the labels ls.
+func (w *World) SameIdentity(ls identity.Labels) []*Endpoint {
+	key := ls.String()
+	var out []*Endpoint
+	for _, e := range w.Endpoints {
+		if e.Labels.String() == key {
+			out = append(out, e)
+		}
+	}
+	return out
+}
