@@ -10,8 +10,8 @@ import (
 )
 
 // checkers are the implementations every scenario runs against.
-var checkers = map[string]func(*api.World, []api.PolicyDocument) policytest.Checker{
-	"reference": func(w *api.World, docs []api.PolicyDocument) policytest.Checker {
+var checkers = map[string]func(*api.World, []api.PolicyDocument) policy.Checker{
+	"reference": func(w *api.World, docs []api.PolicyDocument) policy.Checker {
 		return policy.NewEvaluator(policy.NewWorld(w), policy.FromDocuments(docs))
 	},
 }

@@ -226,14 +226,8 @@ func (f FlowCase) Flow() (policy.Flow, error) {
 	return fl, nil
 }
 
-// Checker answers flows: the reference evaluator, the compiled tables, or
-// the datapath.
-type Checker interface {
-	Check(policy.Flow) (policy.Result, error)
-}
-
 // ObservedMatrix asks c about every pair of pods.
-func ObservedMatrix(c Checker, pods []string, proto policy.Proto, port uint16) (*policy.Matrix, error) {
+func ObservedMatrix(c policy.Checker, pods []string, proto policy.Proto, port uint16) (*policy.Matrix, error) {
 	m := policy.NewMatrix(pods, policy.Denied)
 	for _, a := range pods {
 		for _, b := range pods {
