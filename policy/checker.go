@@ -12,11 +12,9 @@ type Checker interface {
 // engine, the same tables nodes enforce, or with reference the reference
 // evaluator.
 func NewChecker(w *api.World, docs []api.PolicyDocument, reference bool) (Checker, error) {
-	world := NewWorld(w)
 	policies := FromDocuments(docs)
 	if reference {
-		return NewEvaluator(world, policies), nil
+		return NewEvaluator(NewWorld(w), policies), nil
 	}
-	// The compiled engine lands next; until then the evaluator answers.
-	return NewEvaluator(world, policies), nil
+	return NewEngineFromWorld(w, policies)
 }

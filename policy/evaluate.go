@@ -121,7 +121,8 @@ func (ev *Evaluator) direction(local, remote Peer, dir Direction, proto Proto, p
 // peer on proto/port. anyL7 is true when a matching port carries no HTTP
 // rules; sets are the HTTP rule sets of the matching ports otherwise.
 func (ev *Evaluator) ruleMatches(r *PeerRule, local *Endpoint, remote Peer, dir Direction, proto Proto, port uint16) (ok, anyL7 bool, sets []*l7policy.RuleSet) {
-	if !ev.peerMatches(r.Peers, local, remote) {
+	byIdentity, byCIDR := ev.peerMatches(r.Peers, local, remote)
+	if !byIdentity && !byCIDR {
 		return false, false, nil
 	}
 	if len(r.Ports) == 0 {
@@ -130,6 +131,9 @@ func (ev *Evaluator) ruleMatches(r *PeerRule, local *Endpoint, remote Peer, dir 
 	for _, ps := range r.Ports {
 		if !ps.protoMatches(proto) || !ev.portMatches(ps, local, remote, dir, proto, port) {
 			continue
+		}
+		if ps.Name != "" && dir == Egress && !byIdentity {
+			continue // an egress named port is a property of pods, not of CIDRs
 		}
 		ok = true
 		if ps.HTTP == nil {
@@ -141,25 +145,22 @@ func (ev *Evaluator) ruleMatches(r *PeerRule, local *Endpoint, remote Peer, dir 
 	return ok, anyL7, sets
 }
 
-func (ev *Evaluator) peerMatches(ps *PeerSet, local *Endpoint, remote Peer) bool {
+// peerMatches reports whether the peer set selects remote through its
+// identity (a selector, an entity, or every peer) and through a CIDR.
+func (ev *Evaluator) peerMatches(ps *PeerSet, local *Endpoint, remote Peer) (byIdentity, byCIDR bool) {
 	if ps == nil {
-		return true
+		return true, false
 	}
 	labels := remote.Labels(local.Node)
 	for _, s := range ps.Selectors {
-		if s.Matches(labels) {
-			return true
+		byIdentity = byIdentity || s.Matches(labels)
+	}
+	if remote.Addr.IsValid() {
+		for _, c := range ps.CIDRs {
+			byCIDR = byCIDR || ((c.AnyAddress || remote.outsideCluster()) && c.Contains(remote.Addr))
 		}
 	}
-	if !remote.Addr.IsValid() {
-		return false
-	}
-	for _, c := range ps.CIDRs {
-		if (c.AnyAddress || remote.outsideCluster()) && c.Contains(remote.Addr) {
-			return true
-		}
-	}
-	return false
+	return byIdentity, byCIDR
 }
 
 // portMatches checks a port spec. A named port is looked up on the

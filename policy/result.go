@@ -18,15 +18,15 @@ const (
 
 // Reasons a direction was decided as it was.
 const (
-	ReasonSelf           = "self"            // a pod reaching itself
-	ReasonOutside        = "outside-cluster" // this side is not a pod: no policy applies
-	ReasonNoPolicy       = "no-policy"       // no policy selects the endpoint in this direction
-	ReasonNotIsolated    = "not-isolated"    // selected only by rules without default deny
-	ReasonAllowed        = "allowed-by-rule"
-	ReasonLocalNode      = "local-node" // ingress from the endpoint's own node
-	ReasonDenied         = "denied-by-rule"
-	ReasonDefaultDeny    = "default-deny"
-	ReasonL7Denied       = "l7-denied"
+	ReasonSelf        = "self"            // a pod reaching itself
+	ReasonOutside     = "outside-cluster" // this side is not a pod: no policy applies
+	ReasonNoPolicy    = "no-policy"       // no policy selects the endpoint in this direction
+	ReasonNotIsolated = "not-isolated"    // selected only by rules without default deny
+	ReasonAllowed     = "allowed-by-rule"
+	ReasonLocalNode   = "local-node" // ingress from the endpoint's own node
+	ReasonDenied      = "denied-by-rule"
+	ReasonDefaultDeny = "default-deny"
+	ReasonL7Denied    = "l7-denied"
 )
 
 // Flow is a connection to check: from a source to a destination port.

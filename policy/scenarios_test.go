@@ -14,6 +14,13 @@ var checkers = map[string]func(*api.World, []api.PolicyDocument) policy.Checker{
 	"reference": func(w *api.World, docs []api.PolicyDocument) policy.Checker {
 		return policy.NewEvaluator(policy.NewWorld(w), policy.FromDocuments(docs))
 	},
+	"compiled": func(w *api.World, docs []api.PolicyDocument) policy.Checker {
+		e, err := policy.NewEngineFromWorld(w, policy.FromDocuments(docs))
+		if err != nil {
+			panic(err)
+		}
+		return e
+	},
 }
 
 // TestNetpolScenarios runs the Kubernetes NetworkPolicy e2e scenarios

@@ -21,7 +21,8 @@ type NamedPort struct {
 type Endpoint struct {
 	Namespace, Name string
 	Node            string
-	Labels          identity.Labels // identity labels
+	PodLabels       map[string]string
+	Labels          identity.Labels // identity labels, derived from PodLabels and the namespace
 	Addrs           []netip.Addr
 	NamedPorts      []NamedPort
 	ServiceAccount  string
@@ -51,6 +52,7 @@ func EndpointFromPod(p *api.Pod, nsLabels map[string]string) *Endpoint {
 		Node:           p.Spec.NodeName,
 		ServiceAccount: p.ServiceAccountName(),
 		Addrs:          p.Addresses(),
+		PodLabels:      p.Metadata.Labels,
 	}
 	e.Labels = identity.ForPod(p.Metadata.Labels, e.Namespace, nsLabels, e.ServiceAccount)
 	for _, c := range append(append([]api.Container{}, p.Spec.Containers...), p.Spec.InitContainers...) {
@@ -70,7 +72,7 @@ func EndpointFromPod(p *api.Pod, nsLabels map[string]string) *Endpoint {
 
 // World is the cluster state with endpoints built: who is at which address.
 type World struct {
-	Endpoints  []*Endpoint
+	sorted     []*Endpoint // cache of Endpoints(); nil after a change
 	byKey      map[string]*Endpoint
 	byAddr     map[netip.Addr]*Endpoint
 	nodeAddrs  map[netip.Addr]string
@@ -80,42 +82,93 @@ type World struct {
 
 // NewWorld builds the endpoints of a decoded world.
 func NewWorld(w *api.World) *World {
-	ww := &World{
+	ww := newWorld()
+	for _, ns := range w.Namespaces {
+		ww.namespaces[ns.Metadata.Name] = ns.Metadata.Labels
+	}
+	for i := range w.Nodes {
+		ww.setNode(&w.Nodes[i])
+	}
+	ww.setAPIServer(w.APIServerIPs)
+	for i := range w.Pods {
+		p := &w.Pods[i]
+		if !p.Spec.HostNetwork {
+			ww.setEndpoint(EndpointFromPod(p, ww.namespaces[p.Metadata.Namespace]))
+		}
+	}
+	return ww
+}
+
+func newWorld() *World {
+	return &World{
 		byKey:      map[string]*Endpoint{},
 		byAddr:     map[netip.Addr]*Endpoint{},
 		nodeAddrs:  map[netip.Addr]string{},
 		apiServer:  map[netip.Addr]bool{},
 		namespaces: map[string]map[string]string{},
 	}
-	for _, ns := range w.Namespaces {
-		ww.namespaces[ns.Metadata.Name] = ns.Metadata.Labels
-	}
-	for _, n := range w.Nodes {
-		for _, a := range n.Status.Addresses {
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				ww.nodeAddrs[ip.Unmap()] = n.Metadata.Name
-			}
+}
+
+func (w *World) setNode(n *api.Node) {
+	w.removeNode(n.Metadata.Name)
+	for _, a := range n.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			w.nodeAddrs[ip.Unmap()] = n.Metadata.Name
 		}
 	}
-	for _, s := range w.APIServerIPs {
+}
+
+func (w *World) removeNode(name string) {
+	for a, n := range w.nodeAddrs {
+		if n == name {
+			delete(w.nodeAddrs, a)
+		}
+	}
+}
+
+func (w *World) setAPIServer(ips []string) {
+	clear(w.apiServer)
+	for _, s := range ips {
 		if ip, err := netip.ParseAddr(s); err == nil {
-			ww.apiServer[ip.Unmap()] = true
+			w.apiServer[ip.Unmap()] = true
 		}
 	}
-	for i := range w.Pods {
-		p := &w.Pods[i]
-		if p.Spec.HostNetwork {
-			continue
-		}
-		e := EndpointFromPod(p, ww.namespaces[p.Metadata.Namespace])
-		ww.Endpoints = append(ww.Endpoints, e)
-		ww.byKey[e.Key()] = e
-		for _, a := range e.Addrs {
-			ww.byAddr[a] = e
+}
+
+// setEndpoint adds or replaces an endpoint.
+func (w *World) setEndpoint(e *Endpoint) {
+	w.removeEndpoint(e.Key())
+	w.byKey[e.Key()] = e
+	for _, a := range e.Addrs {
+		w.byAddr[a] = e
+	}
+	w.sorted = nil
+}
+
+func (w *World) removeEndpoint(key string) {
+	old, ok := w.byKey[key]
+	if !ok {
+		return
+	}
+	for _, a := range old.Addrs {
+		if w.byAddr[a] == old {
+			delete(w.byAddr, a)
 		}
 	}
-	sort.Slice(ww.Endpoints, func(i, j int) bool { return ww.Endpoints[i].Key() < ww.Endpoints[j].Key() })
-	return ww
+	delete(w.byKey, key)
+	w.sorted = nil
+}
+
+// Endpoints lists the endpoints sorted by namespace/name.
+func (w *World) Endpoints() []*Endpoint {
+	if w.sorted == nil {
+		w.sorted = make([]*Endpoint, 0, len(w.byKey))
+		for _, e := range w.byKey {
+			w.sorted = append(w.sorted, e)
+		}
+		sort.Slice(w.sorted, func(i, j int) bool { return w.sorted[i].Key() < w.sorted[j].Key() })
+	}
+	return w.sorted
 }
 
 // Endpoint returns the endpoint named "ns/pod".
@@ -220,7 +273,7 @@ func (p Peer) outsideCluster() bool {
 func (w *World) SameIdentity(ls identity.Labels) []*Endpoint {
 	key := ls.String()
 	var out []*Endpoint
-	for _, e := range w.Endpoints {
+	for _, e := range w.Endpoints() {
 		if e.Labels.String() == key {
 			out = append(out, e)
 		}
