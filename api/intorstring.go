@@ -31,3 +31,11 @@ func (v IntOrString) String() string {
 type PortString string
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// MarshalJSON writes the number or the string.
+func (v IntOrString) MarshalJSON() ([]byte, error) {
+	if v.IsString {
+		return []byte(strconv.Quote(v.StrVal)), nil
+	}
+	return []byte(strconv.Itoa(int(v.IntVal))), nil
+}

@@ -309,6 +309,13 @@ func (e *Engine) UpsertNode(n *api.Node) {
 	e.world.setNode(n) // tables name nodes by relative identity: no recompile
 }
 
+// SetAPIServerIPs sets the kube-apiserver's addresses.
+func (e *Engine) SetAPIServerIPs(ips []string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.world.setAPIServer(ips) // a relative identity, like nodes: no recompile
+}
+
 // DeleteNode forgets a node's addresses.
 func (e *Engine) DeleteNode(name string) {
 	e.mu.Lock()
