@@ -104,7 +104,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		return // leave the zero value, as Kubernetes does for null
 	}
 	if v.Type() == anyType {
-		return // accepted and ignored
+		v.Set(reflect.ValueOf(n)) // kept only so validation can see it was set
+		return
 	}
 	if v.CanAddr() && v.Addr().Type().Implements(scalarDecoderType) {
 		if n.Kind != yaml.ScalarNode {
@@ -287,7 +288,11 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		f, ok := fields[k.Value]
 		if !ok {
 			if d.strict {
-				d.fail(k, fp, "unknown field%s", suggest(k.Value, fields))
+				hint := suggest(k.Value, fields)
+				if path == "" && hint == "" {
+					hint = " (the top-level fields are apiVersion, kind, metadata and spec; if the YAML lost its indentation, indent it again)"
+				}
+				d.fail(k, fp, "unknown field%s", hint)
 			}
 			continue
 		}
@@ -358,4 +363,40 @@ func (p *PortString) decodeScalar(n *yaml.Node) error {
 		return nil
 	}
 	return fmt.Errorf("must be a port number or name, got %s", kindName(n))
+}
+
+// nodeAt finds the node a field path names, for the line of an error found
+// after decoding. Map keys may themselves contain dots (label keys), so at
+// each mapping the longest key that prefixes the rest of the path wins.
+func nodeAt(n *yaml.Node, path string) *yaml.Node {
+	for {
+		n = resolve(n)
+		path = strings.TrimPrefix(path, ".")
+		if path == "" || n == nil {
+			return n
+		}
+		if path[0] == '[' {
+			end := strings.IndexByte(path, ']')
+			i, err := strconv.Atoi(path[1:max(end, 1)])
+			if end < 0 || err != nil || n.Kind != yaml.SequenceNode || i >= len(n.Content) {
+				return n
+			}
+			n, path = n.Content[i], path[end+1:]
+			continue
+		}
+		if n.Kind != yaml.MappingNode {
+			return n
+		}
+		best := -1
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i].Value
+			if (path == k || strings.HasPrefix(path, k+".") || strings.HasPrefix(path, k+"[")) && (best < 0 || len(k) > len(n.Content[best].Value)) {
+				best = i
+			}
+		}
+		if best < 0 {
+			return n
+		}
+		n, path = n.Content[best+1], path[len(n.Content[best].Value):]
+	}
 }

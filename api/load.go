@@ -239,6 +239,13 @@ func decodePolicy(r rawDoc) (PolicyDocument, []*FieldError) {
 		}
 		doc.Mesh = mp
 	}
+	for _, fe := range verrs {
+		if fe.Line == 0 {
+			if n := nodeAt(r.node, fe.Path); n != nil {
+				fe.Line = n.Line
+			}
+		}
+	}
 	return doc, append(d.errs, verrs...)
 }
 
