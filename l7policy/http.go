@@ -172,15 +172,40 @@ func (rs *RuleSet) Key() string {
 	return strings.Join(keys, "\x02")
 }
 
-// Union returns a set with the rules of every set.
+// Union returns a set with the rules of every set. Rules are already
+// compiled, so this only merges; a single set is returned as it is.
 func Union(sets ...*RuleSet) *RuleSet {
-	var all []HTTPRule
+	var first *RuleSet
+	n := 0
 	for _, s := range sets {
-		if s != nil {
-			all = append(all, s.Rules()...)
+		if s != nil && s != first {
+			if first == nil {
+				first = s
+			}
+			n++
 		}
 	}
-	return MustCompile(all)
+	switch {
+	case n == 0:
+		return &RuleSet{}
+	case n == 1:
+		return first
+	}
+	seen := map[string]bool{}
+	out := &RuleSet{}
+	for _, s := range sets {
+		if s == nil {
+			continue
+		}
+		for _, c := range s.rules {
+			if k := c.rule.key(); !seen[k] {
+				seen[k] = true
+				out.rules = append(out.rules, c)
+			}
+		}
+	}
+	sort.Slice(out.rules, func(i, j int) bool { return out.rules[i].rule.key() < out.rules[j].rule.key() })
+	return out
 }
 
 // Match returns the first rule (in the set's order) that allows req.

@@ -33,6 +33,7 @@ type Engine struct {
 	pods     map[string]*podState
 	ids      map[identity.NumericIdentity]*idState
 	policies map[string]*Policy
+	order    []string // sorted keys of policies; nil after a change
 	sels     map[string]*selState
 	prefixes *prefixRegistry
 	classes  map[classKey]*classState
@@ -57,7 +58,8 @@ type podState struct {
 type idState struct {
 	labels     identity.Labels
 	pods       map[string]*podState
-	namedPorts []NamedPort
+	portRefs   map[NamedPort]int // how many pods declare each named port
+	namedPorts []NamedPort       // the keys of portRefs, sorted
 }
 
 type selState struct {
@@ -185,6 +187,7 @@ func (e *Engine) UpsertPolicy(p *Policy) {
 	}
 	prefixesChanged = e.register(p) || prefixesChanged
 	e.policies[p.Ref] = p
+	e.order = nil
 	if prefixesChanged {
 		e.markUses(func(u tableUses) bool { return u.cidr })
 	}
@@ -202,6 +205,7 @@ func (e *Engine) DeletePolicy(ref string) bool {
 		e.markUses(func(u tableUses) bool { return u.cidr })
 	}
 	delete(e.policies, ref)
+	e.order = nil
 	return true
 }
 
@@ -362,6 +366,7 @@ func (e *Engine) setEndpoint(ep *Endpoint) error {
 	if sameID {
 		id = old.id
 		e.leaveClass(old)
+		e.countNamedPorts(id, old.ep.NamedPorts, -1)
 	} else {
 		var err error
 		if id, err = e.alloc.Allocate(context.Background(), ep.Labels); err != nil {
@@ -374,12 +379,12 @@ func (e *Engine) setEndpoint(ep *Endpoint) error {
 	ps := &podState{ep: ep, id: id, class: classKey{id: id, ports: portsKey(ep.NamedPorts)}}
 	is, ok := e.ids[id]
 	if !ok {
-		is = &idState{labels: ep.Labels, pods: map[string]*podState{}}
+		is = &idState{labels: ep.Labels, pods: map[string]*podState{}, portRefs: map[NamedPort]int{}}
 		e.ids[id] = is
 		e.identityChanged(id, true)
 	}
 	is.pods[key] = ps
-	e.refreshNamedPorts(id)
+	e.countNamedPorts(id, ep.NamedPorts, +1)
 	c, ok := e.classes[ps.class]
 	if !ok {
 		c = &classState{key: ps.class, pods: map[string]*podState{}}
@@ -425,7 +430,7 @@ func (e *Engine) removePodState(ps *podState) {
 		e.identityChanged(ps.id, false)
 		delete(e.ids, ps.id)
 	} else {
-		e.refreshNamedPorts(ps.id)
+		e.countNamedPorts(ps.id, ps.ep.NamedPorts, -1)
 	}
 	_ = e.alloc.Release(context.Background(), ps.id) // only fails for an identity never allocated
 }
@@ -452,25 +457,38 @@ func (e *Engine) identityChanged(id identity.NumericIdentity, added bool) {
 	}
 }
 
-// refreshNamedPorts recomputes the union of named ports of an identity's
-// pods and, when it changed, marks the tables with egress named-port rules.
-func (e *Engine) refreshNamedPorts(id identity.NumericIdentity) {
+// countNamedPorts adds (delta +1) or removes (-1) a pod's named ports from
+// its identity's; when the identity's set changes, the tables with egress
+// named-port rules are marked.
+func (e *Engine) countNamedPorts(id identity.NumericIdentity, nps []NamedPort, delta int) {
 	is := e.ids[id]
-	seen := map[NamedPort]bool{}
-	var all []NamedPort
-	for _, ps := range is.pods {
-		for _, np := range ps.ep.NamedPorts {
-			if !seen[np] {
-				seen[np] = true
-				all = append(all, np)
-			}
+	changed := false
+	for _, np := range nps {
+		before := is.portRefs[np]
+		is.portRefs[np] = before + delta
+		if is.portRefs[np] <= 0 {
+			delete(is.portRefs, np)
 		}
+		changed = changed || (before == 0) != (is.portRefs[np] == 0)
 	}
-	sort.Slice(all, func(i, j int) bool { return fmt.Sprint(all[i]) < fmt.Sprint(all[j]) })
-	if portsKey(all) != portsKey(is.namedPorts) {
-		is.namedPorts = all
-		e.markUses(func(u tableUses) bool { return u.egressNamedPort })
+	if !changed {
+		return
 	}
+	is.namedPorts = is.namedPorts[:0]
+	for np := range is.portRefs {
+		is.namedPorts = append(is.namedPorts, np)
+	}
+	sort.Slice(is.namedPorts, func(i, j int) bool {
+		a, b := is.namedPorts[i], is.namedPorts[j]
+		if a.Name != b.Name {
+			return a.Name < b.Name
+		}
+		if a.Proto != b.Proto {
+			return a.Proto < b.Proto
+		}
+		return a.Port < b.Port
+	})
+	e.markUses(func(u tableUses) bool { return u.egressNamedPort })
 }
 
 // ---- compiling ----
@@ -510,12 +528,14 @@ func (e *Engine) prefixesIn(c CIDRSelector) []uint32 { return e.prefixes.selecte
 // in policy order.
 func (e *Engine) blocksSelecting(id identity.NumericIdentity) [2][]*Block {
 	var out [2][]*Block
-	refs := make([]string, 0, len(e.policies))
-	for r := range e.policies {
-		refs = append(refs, r)
+	if e.order == nil {
+		e.order = make([]string, 0, len(e.policies))
+		for r := range e.policies {
+			e.order = append(e.order, r)
+		}
+		sort.Strings(e.order)
 	}
-	sort.Strings(refs)
-	for _, r := range refs {
+	for _, r := range e.order {
 		for _, b := range e.policies[r].Blocks {
 			if e.sels[b.Subject.Key()].ids[id] {
 				out[b.Dir] = append(out[b.Dir], b)

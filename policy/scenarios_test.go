@@ -29,6 +29,8 @@ func TestNetpolScenarios(t *testing.T) {
 	runScenarios(t, "testdata/netpol")
 }
 
+func TestCiliumScenarios(t *testing.T) { runScenarios(t, "testdata/cilium") }
+
 func runScenarios(t *testing.T, dir string) {
 	scenarios, err := policytest.Load(dir)
 	if err != nil {
