@@ -324,7 +324,7 @@ func expandPath(p string) ([]string, error) {
 	}
 	st, err := os.Stat(p)
 	if err != nil {
-		return nil, fmt.Errorf("read %w", err)
+		return nil, fmt.Errorf("read %s: %w", p, errors.Unwrap(err))
 	}
 	if !st.IsDir() {
 		return []string{p}, nil

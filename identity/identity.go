@@ -24,6 +24,10 @@ const (
 	Ingress       NumericIdentity = 8
 	WorldIPv4     NumericIdentity = 9
 	WorldIPv6     NumericIdentity = 10
+	// An address that is both a node's and the API server's carries both
+	// labels, so it needs an identity of its own.
+	HostKubeAPIServer       NumericIdentity = 11
+	RemoteNodeKubeAPIServer NumericIdentity = 12
 
 	// MinAllocated is the first identity an Allocator hands out.
 	MinAllocated NumericIdentity = 256
@@ -33,12 +37,17 @@ var reservedNames = map[NumericIdentity]string{
 	Host: "host", World: "world", Unmanaged: "unmanaged", Health: "health", Init: "init",
 	RemoteNode: "remote-node", KubeAPIServer: "kube-apiserver", Ingress: "ingress",
 	WorldIPv4: "world-ipv4", WorldIPv6: "world-ipv6",
+	HostKubeAPIServer: "host+kube-apiserver", RemoteNodeKubeAPIServer: "remote-node+kube-apiserver",
 }
 
 // Reserved lists the reserved identities.
 func Reserved() []NumericIdentity {
-	return []NumericIdentity{Host, World, Unmanaged, Health, Init, RemoteNode, KubeAPIServer, Ingress, WorldIPv4, WorldIPv6}
+	return []NumericIdentity{Host, World, Unmanaged, Health, Init, RemoteNode, KubeAPIServer, Ingress, WorldIPv4, WorldIPv6,
+		HostKubeAPIServer, RemoteNodeKubeAPIServer}
 }
+
+// IsLocalHost reports whether id is the observing endpoint's own node.
+func (id NumericIdentity) IsLocalHost() bool { return id == Host || id == HostKubeAPIServer }
 
 // IsReserved reports whether id is below MinAllocated.
 func (id NumericIdentity) IsReserved() bool { return id > 0 && id < MinAllocated }
@@ -61,6 +70,10 @@ func ReservedLabels(id NumericIdentity) Labels {
 	switch id {
 	case WorldIPv4, WorldIPv6:
 		return NewLabels(Label{SourceReserved, "world", ""}, Label{SourceReserved, n, ""})
+	case HostKubeAPIServer:
+		return NewLabels(Label{SourceReserved, "host", ""}, Label{SourceReserved, "kube-apiserver", ""})
+	case RemoteNodeKubeAPIServer:
+		return NewLabels(Label{SourceReserved, "remote-node", ""}, Label{SourceReserved, "kube-apiserver", ""})
 	}
 	return Labels{{SourceReserved, n, ""}}
 }

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/l7policy"
 )
 
@@ -15,6 +14,8 @@ type Evaluator struct {
 	// selecting memoizes, per endpoint and direction, the blocks whose
 	// subject selects it. The world does not change under an Evaluator.
 	selecting map[*Endpoint]*[2][]*Block
+	// byLabels groups endpoints by identity labels, for named ports.
+	byLabels map[string][]*Endpoint
 }
 
 // NewEvaluator returns an evaluator for a world and its policies.
@@ -109,12 +110,12 @@ func (ev *Evaluator) direction(local, remote Peer, dir Direction, proto Proto, p
 	switch {
 	case len(blocks) == 0:
 		return decision{reason: ReasonNoPolicy}
-	case dir == Ingress && remote.Endpoint == nil && remote.reservedIdentity(local.Endpoint.Node) == identity.Host:
+	case dir == Ingress && remote.Endpoint == nil && remote.reservedIdentity(local.Endpoint.Node).IsLocalHost():
 		return decision{reason: ReasonLocalNode}
 	case isolated:
 		return decision{reason: ReasonDefaultDeny, policies: selecting}
 	}
-	return decision{reason: ReasonNotIsolated}
+	return decision{reason: ReasonNotIsolated, policies: selecting}
 }
 
 // ruleMatches reports whether rule r of local's policy covers the remote
@@ -175,7 +176,14 @@ func (ev *Evaluator) portMatches(ps PortSpec, local *Endpoint, remote Peer, dir 
 	if dir == Ingress {
 		dsts = []*Endpoint{local}
 	} else if remote.Endpoint != nil {
-		dsts = ev.world.SameIdentity(remote.Endpoint.Labels)
+		if ev.byLabels == nil {
+			ev.byLabels = map[string][]*Endpoint{}
+			for _, e := range ev.world.Endpoints() {
+				k := e.Labels.String()
+				ev.byLabels[k] = append(ev.byLabels[k], e)
+			}
+		}
+		dsts = ev.byLabels[remote.Endpoint.Labels.String()]
 	}
 	for _, d := range dsts {
 		for _, np := range d.lookupNamedPort(ps.Name, proto) {

@@ -362,8 +362,9 @@ func (pf *peerFields) peerSet(ns string) *PeerSet {
 		if !mentions(reqs, "", identity.SourceReserved) {
 			// Endpoint selectors select pods. In a namespaced policy they
 			// select the policy's namespace unless they name one.
+			namesNamespace := mentions(reqs, identity.LabelNamespace, "")
 			reqs = append(reqs, isPod)
-			if ns != "" && !mentions(reqs, identity.LabelNamespace, "") {
+			if ns != "" && !namesNamespace {
 				reqs = append(reqs, inNamespace(ns))
 			}
 		}

@@ -193,12 +193,12 @@ func (t *DirTable) Decide(d Direction, keys []PeerKey, remoteID identity.Numeric
 			allow.l7 = l7policy.Union(sets...)
 		}
 		return allow
-	case d == Ingress && remoteID == identity.Host:
+	case d == Ingress && remoteID.IsLocalHost():
 		return decision{reason: ReasonLocalNode}
 	case t.Enforced:
 		return decision{reason: ReasonDefaultDeny, policies: t.Selected}
 	}
-	return decision{reason: ReasonNotIsolated}
+	return decision{reason: ReasonNotIsolated, policies: t.Selected}
 }
 
 // String renders the table for people, one entry a line.

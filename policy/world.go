@@ -202,10 +202,15 @@ func (p Peer) String() string {
 // ResolvePeer resolves "ns/pod", "node:NAME" or an IP address.
 func (w *World) ResolvePeer(s string) (Peer, error) {
 	if name, ok := strings.CutPrefix(s, "node:"); ok {
+		var addrs []netip.Addr
 		for a, n := range w.nodeAddrs {
 			if n == name {
-				return Peer{Node: n, Addr: a}, nil
+				addrs = append(addrs, a)
 			}
+		}
+		if len(addrs) > 0 {
+			sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
+			return w.PeerForAddr(addrs[0]), nil
 		}
 		return Peer{}, fmt.Errorf("%q: no node %s with an address in the world", s, name)
 	}
@@ -232,21 +237,20 @@ func (w *World) PeerForAddr(a netip.Addr) Peer {
 	if e, ok := w.byAddr[a]; ok {
 		return Peer{Endpoint: e, Addr: a}
 	}
-	if w.apiServer[a] {
-		return Peer{APIServer: true, Addr: a}
-	}
-	if n, ok := w.nodeAddrs[a]; ok {
-		return Peer{Node: n, Addr: a}
-	}
-	return Peer{Addr: a}
+	return Peer{Addr: a, Node: w.nodeAddrs[a], APIServer: w.apiServer[a]}
 }
 
 // reservedIdentity is the identity of a non-pod peer seen from localNode.
 func (p Peer) reservedIdentity(localNode string) identity.NumericIdentity {
+	local := p.Node != "" && p.Node == localNode
 	switch {
+	case p.APIServer && local:
+		return identity.HostKubeAPIServer
+	case p.APIServer && p.Node != "":
+		return identity.RemoteNodeKubeAPIServer
 	case p.APIServer:
 		return identity.KubeAPIServer
-	case p.Node != "" && p.Node == localNode:
+	case local:
 		return identity.Host
 	case p.Node != "":
 		return identity.RemoteNode
@@ -267,16 +271,4 @@ func (p Peer) Labels(localNode string) identity.Labels {
 // outsideCluster reports whether the peer is neither pod, node nor API server.
 func (p Peer) outsideCluster() bool {
 	return p.Endpoint == nil && p.Node == "" && !p.APIServer
-}
-
-// SameIdentity lists the endpoints with exactly the labels ls.
-func (w *World) SameIdentity(ls identity.Labels) []*Endpoint {
-	key := ls.String()
-	var out []*Endpoint
-	for _, e := range w.Endpoints() {
-		if e.Labels.String() == key {
-			out = append(out, e)
-		}
-	}
-	return out
 }

@@ -209,6 +209,9 @@ func genBenchFlows(w io.Writer, n int) {
 	}
 	for range n {
 		from, to := pod(), pod()
+		if r.IntN(2) == 0 { // most traffic stays within a namespace
+			to = from[:len("ns-00/")] + to[len("ns-00/"):]
+		}
 		switch x := r.IntN(100); {
 		case x < 4:
 			from = fmt.Sprintf("203.0.113.%d", r.IntN(256))

@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/nodemesh/nodemesh/api"
@@ -370,18 +371,50 @@ func runMatrix(o *Options, w *api.World, c policy.Checker, bw *bufio.Writer) (bo
 		fmt.Fprintf(bw, "%s/%d\n", proto, port)
 		bw.WriteString(mx.String())
 		fmt.Fprintf(bw, "%d of %d pairs allowed\n", n, len(pods)*len(pods))
-	case outJSON, outJSONL:
+	case outJSON:
+		writeMatrixJSON(bw, pods, proto, port, allowed)
+	case outJSONL:
 		v := matrixJSON{Pods: pods, Protocol: proto.String(), Port: port, Allowed: allowed}
-		if o.Output == outJSON {
-			if err := writeIndented(bw, v, ""); err != nil {
-				return false, err
-			}
-			bw.WriteByte('\n')
-		} else if err := json.NewEncoder(bw).Encode(v); err != nil {
+		if err := json.NewEncoder(bw).Encode(v); err != nil {
 			return false, err
 		}
 	}
 	return denied, nil
+}
+
+// writeMatrixJSON writes the matrix as indented JSON with a row of the
+// matrix per line (json.MarshalIndent would put every cell on its own).
+func writeMatrixJSON(bw *bufio.Writer, pods []string, proto policy.Proto, port uint16, allowed [][]bool) {
+	bw.WriteString("{\n  \"pods\": [")
+	for i, p := range pods {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString("\n    ")
+		b, _ := json.Marshal(p)
+		bw.Write(b)
+	}
+	if len(pods) > 0 {
+		bw.WriteString("\n  ")
+	}
+	fmt.Fprintf(bw, "],\n  \"protocol\": %q,\n  \"port\": %d,\n  \"allowed\": [", proto.String(), port)
+	for i, row := range allowed {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString("\n    [")
+		for j, v := range row {
+			if j > 0 {
+				bw.WriteString(", ")
+			}
+			bw.WriteString(strconv.FormatBool(v))
+		}
+		bw.WriteByte(']')
+	}
+	if len(allowed) > 0 {
+		bw.WriteString("\n  ")
+	}
+	bw.WriteString("]\n}\n")
 }
 
 // matrixPods lists the world's pods that are endpoints (host-network pods
