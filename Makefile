@@ -37,11 +37,11 @@ vet:
 generate: ## regenerate generated code (go generate)
 	$(GO) generate ./...
 
-test: deps lint ## everything CI runs: lint, unit, differential, scenario and fuzz-seed tests
+test: deps lint ## everything CI runs: lint, the demo's checks, unit, scenario, differential and fuzz-seed tests
+	@echo ">> CLI end to end on the examples (make demo, output hidden)"
+	@$(MAKE) --no-print-directory demo >/dev/null
 	@echo ">> go test (unit, scenario, differential, fuzz seed corpora)"
 	$(GO) test -count=1 $(GOTESTFLAGS) ./...
-	@echo ">> CLI end to end on the examples"
-	@$(MAKE) --no-print-directory demo >/dev/null
 
 demo: deps build ## check the seed policies offline with meshctl policy check
 	@scripts/demo.sh
