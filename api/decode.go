@@ -7,7 +7,6 @@ package api
 
 import (
 	"fmt"
-	"math"
 	"reflect"
 	"sort"
 	"strconv"
@@ -302,22 +301,34 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 
 // suggest names the known field closest to an unknown one.
 func suggest(name string, fields map[string]fieldInfo) string {
-	best, bestDist := "", math.MaxInt
 	names := make([]string, 0, len(fields))
 	for f := range fields {
 		names = append(names, f)
 	}
-	sort.Strings(names)
-	for _, f := range names {
-		dist := editDistance(strings.ToLower(name), strings.ToLower(f))
-		if dist < bestDist {
-			best, bestDist = f, dist
+	return Suggest(name, names)
+}
+
+// Suggest returns ` (did you mean "x"?)` for the candidate closest to name
+// (case-insensitive edit distance at most 2, or a prefix of it), or "".
+func Suggest(name string, candidates []string) string {
+	sorted := append([]string(nil), candidates...)
+	sort.Strings(sorted)
+	lower := strings.ToLower(name)
+	best, bestDist := "", 3
+	for _, c := range sorted {
+		lc := strings.ToLower(c)
+		if lc == lower || (len(lower) >= 3 && (strings.HasPrefix(lc, lower) || strings.HasPrefix(lower, lc))) {
+			best, bestDist = c, 0
+			break
+		}
+		if d := editDistance(lower, lc); d < bestDist {
+			best, bestDist = c, d
 		}
 	}
-	if best != "" && (bestDist <= 2 || strings.EqualFold(best, name)) {
-		return fmt.Sprintf(" (did you mean %q?)", best)
+	if best == "" {
+		return ""
 	}
-	return ""
+	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
 func editDistance(a, b string) int {

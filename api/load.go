@@ -264,6 +264,21 @@ func policyKindList() string {
 // nothing and every problem found. The same policy defined twice is an error.
 func LoadPolicies(paths ...string) ([]PolicyDocument, error) {
 	var out []PolicyDocument
+	errs := forEachFile(paths, func(f string, data []byte) error {
+		docs, err := DecodePolicies(f, data)
+		out = append(out, docs...)
+		return err
+	})
+	errs = append(errs, checkDuplicates(out)...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// forEachFile reads every file the paths name and hands it to f, collecting
+// every error.
+func forEachFile(paths []string, f func(file string, data []byte) error) []error {
 	var errs []error
 	for _, p := range paths {
 		files, err := expandPath(p)
@@ -271,25 +286,17 @@ func LoadPolicies(paths ...string) ([]PolicyDocument, error) {
 			errs = append(errs, err)
 			continue
 		}
-		for _, f := range files {
-			data, err := readInput(f)
+		for _, file := range files {
+			data, err := readInput(file)
+			if err == nil {
+				err = f(file, data)
+			}
 			if err != nil {
 				errs = append(errs, err)
-				continue
 			}
-			docs, err := DecodePolicies(f, data)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			out = append(out, docs...)
 		}
 	}
-	errs = append(errs, checkDuplicates(out)...)
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return out, nil
+	return errs
 }
 
 func checkDuplicates(docs []PolicyDocument) []error {
@@ -413,24 +420,7 @@ type endpoints struct {
 // whole: unique pod names and addresses, namespaces given for every pod.
 func LoadWorld(paths ...string) (*World, error) {
 	w := &World{}
-	var errs []error
-	for _, p := range paths {
-		files, err := expandPath(p)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		for _, f := range files {
-			data, err := readInput(f)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := DecodeWorld(f, data, w); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
+	errs := forEachFile(paths, func(f string, data []byte) error { return DecodeWorld(f, data, w) })
 	if len(errs) == 0 {
 		if err := w.Check(); err != nil {
 			errs = append(errs, err)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/nodemesh/nodemesh/api"
 	"github.com/nodemesh/nodemesh/l7policy"
 	"github.com/nodemesh/nodemesh/policy"
 )
@@ -268,54 +269,14 @@ func jsonError(err error, line []byte) error {
 		if json.Unmarshal(line, &top) == nil {
 			if name, _ := strconv.Unquote(field); name != "" {
 				if _, atTop := top[name]; !atTop {
-					return fmt.Errorf("http: unknown field %s%s (http has %s)", field, suggest(name, httpFields), httpFields)
+					return fmt.Errorf("http: unknown field %s%s (http has %s)", field, api.Suggest(name, strings.Split(httpFields, ", ")), httpFields)
 				}
-				return fmt.Errorf("unknown field %s%s (a flow has %s)", field, suggest(name, flowFields), flowFields)
+				return fmt.Errorf("unknown field %s%s (a flow has %s)", field, api.Suggest(name, strings.Split(flowFields, ", ")), flowFields)
 			}
 		}
 		return fmt.Errorf("unknown field %s (a flow has %s)", field, flowFields)
 	}
 	return errors.New(strings.TrimPrefix(msg, "json: "))
-}
-
-// suggest names the known field an unknown one is probably a typo of.
-func suggest(name, known string) string {
-	lower := strings.ToLower(name)
-	fields := strings.Split(known, ", ")
-	best, bestDist := "", 3
-	for _, k := range fields {
-		if strings.HasPrefix(k, lower) || strings.HasPrefix(lower, k) {
-			best, bestDist = k, 0
-			break
-		}
-		if d := editDistance(lower, k); d < bestDist {
-			best, bestDist = k, d
-		}
-	}
-	if best == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 func jsonKind(goKind string) string {
