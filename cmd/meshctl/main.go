@@ -1,8 +1,6 @@
-// Command meshctl inspects and checks Nodemesh policy from the command line.
-//
-// main stays thin: everything runs through run, which tests call in-process.
 package main
 
 import "os"
 
+// main stays thin: run does the work, and tests call it in-process.
 func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
