@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -656,4 +657,87 @@ func (e *Engine) remoteKeys(local *Endpoint, remote Peer) ([]PeerKey, identity.N
 		}
 	}
 	return keys, id
+}
+
+// IPCacheEntry maps an address prefix to what the datapath needs to know
+// about a remote address in it: its identity (as seen from one node) and
+// the ID of the longest policy prefix containing it (0: none).
+type IPCacheEntry struct {
+	Prefix   netip.Prefix
+	Identity identity.NumericIdentity
+	PrefixID uint32
+}
+
+// IPCache returns, for the node named localNode, every address the
+// datapath must resolve: pods (their identity), nodes (host or remote-node),
+// the API server, and every registered policy prefix (identity world). A
+// longest-prefix lookup of an address in these entries, defaulting to world
+// with no prefix ID, gives exactly the keys Check looks up; the datapath
+// makes that lookup in one LPM map.
+func (e *Engine) IPCache(localNode string) []IPCacheEntry {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []IPCacheEntry
+	host := func(a netip.Addr, id identity.NumericIdentity) {
+		pid, _ := e.prefixes.lookup(a)
+		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: id, PrefixID: pid})
+	}
+	for _, ps := range e.pods {
+		for _, a := range ps.ep.Addrs {
+			host(a, ps.id)
+		}
+	}
+	seen := map[netip.Addr]bool{}
+	for a := range e.world.nodeAddrs {
+		seen[a] = true
+		host(a, e.world.PeerForAddr(a).reservedIdentity(localNode))
+	}
+	for a := range e.world.apiServer {
+		if !seen[a] {
+			host(a, identity.KubeAPIServer)
+		}
+	}
+	exact := map[netip.Prefix]bool{}
+	for _, en := range out {
+		exact[en.Prefix] = true
+	}
+	for p, id := range e.prefixes.ids {
+		if exact[p] {
+			continue // a pod or node address that is also a policy prefix
+		}
+		w := identity.WorldIPv4
+		if p.Addr().Is6() {
+			w = identity.WorldIPv6
+		}
+		out = append(out, IPCacheEntry{Prefix: p, Identity: w, PrefixID: id})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].Prefix.Addr().Compare(out[j].Prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		return out[i].Prefix.Bits() < out[j].Prefix.Bits()
+	})
+	return out
+}
+
+// Endpoints lists the pods the engine holds, sorted by namespace/name.
+func (e *Engine) Endpoints() []*Endpoint {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]*Endpoint(nil), e.world.Endpoints()...)
+}
+
+// Resolve says how a node sees an address: its identity and the ID of its
+// longest policy prefix (0: none) — the lookups Check makes, for tests of
+// datapaths that make them from IPCache.
+func (e *Engine) Resolve(localNode string, a netip.Addr) (identity.NumericIdentity, uint32) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	keys, id := e.remoteKeys(&Endpoint{Node: localNode}, e.world.PeerForAddr(a.Unmap()))
+	for _, k := range keys {
+		if k.Kind == PeerCIDR {
+			return id, k.ID
+		}
+	}
+	return id, 0
 }
