@@ -103,7 +103,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		return // leave the zero value, as Kubernetes does for null
 	}
 	if v.Type() == anyType {
-		v.Set(reflect.ValueOf(n)) // kept only so validation can see it was set
+		v.Set(reflect.ValueOf(true)) // the value is not kept: validation only asks whether it was set
 		return
 	}
 	if v.CanAddr() && v.Addr().Type().Implements(scalarDecoderType) {

@@ -324,6 +324,20 @@ func readInput(f string) ([]byte, error) {
 	return data, nil
 }
 
+// Files lists the YAML and JSON files that paths name, as LoadPolicies and
+// LoadWorld read them.
+func Files(paths ...string) ([]string, error) {
+	var out []string
+	for _, p := range paths {
+		fs, err := expandPath(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fs...)
+	}
+	return out, nil
+}
+
 // expandPath lists the YAML/JSON files a path names.
 func expandPath(p string) ([]string, error) {
 	if p == "-" {

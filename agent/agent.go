@@ -1,0 +1,499 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nodemesh/nodemesh/api"
+	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/policy"
+)
+
+// Agent enforces policy for the pods of one node.
+type Agent struct {
+	cfg     Config
+	version string
+	log     *slog.Logger
+	dp      Datapath
+	links   Links
+	src     Source
+	events  *eventRing
+	metrics *metrics
+
+	mu       sync.Mutex // guards everything below
+	engine   *policy.Engine
+	applied  applied
+	local    map[string]*localEndpoint // "ns/pod" → endpoint of this node
+	ids      map[netip.Addr]uint32     // endpoint IDs by address, kept across restarts
+	attached map[string]error          // interface → attach result
+	status   Status
+}
+
+// applied is the state last pushed into the engine, to diff the next
+// snapshot against.
+type applied struct {
+	namespaces map[string]string // name → labels JSON
+	pods       map[string]string // ns/name → pod JSON
+	policies   map[string]string // ref → document JSON
+	nodes      map[string]string
+	apiServer  string
+}
+
+type localEndpoint struct {
+	ep      *policy.Endpoint
+	addr    netip.Addr
+	id      uint32
+	ident   identity.NumericIdentity
+	table   *policy.Table
+	ifname  string
+	ifindex int
+	state   string
+	err     error
+}
+
+// New assembles an agent from its parts.
+func New(cfg Config, version string, src Source, dp Datapath, links Links, log *slog.Logger) (*Agent, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ids, err := dp.Endpoints()
+	if err != nil {
+		return nil, fmt.Errorf("read endpoints of the previous run: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, version: version, log: log, dp: dp, links: links, src: src,
+		events:   newEventRing(cfg.EventBuffer),
+		engine:   policy.NewEngine(identity.NewMemoryAllocator()),
+		local:    map[string]*localEndpoint{},
+		ids:      ids,
+		attached: map[string]error{},
+		applied:  applied{namespaces: map[string]string{}, pods: map[string]string{}, policies: map[string]string{}, nodes: map[string]string{}},
+	}
+	a.metrics = newMetrics(a)
+	a.status = Status{Node: cfg.NodeName, Version: version, Mode: "standalone"}
+	return a, nil
+}
+
+// Run runs the agent until ctx ends. The datapath keeps enforcing after it
+// returns.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 5)
+	var wg sync.WaitGroup
+	run := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("api", func() error { return Serve(ctx, a.cfg.APISocket, a) })
+	if a.cfg.MetricsAddr != "" {
+		run("metrics", func() error { return a.metrics.serve(ctx, a.cfg.MetricsAddr) })
+	}
+	run("links", func() error { return a.links.Watch(ctx, a.attach) })
+	run("events", func() error { return a.dp.ReadEvents(ctx, a.recordEvent) })
+	run("source", func() error { return a.src.Run(ctx, a.Apply) })
+	a.log.Info("agent running", "node", a.cfg.NodeName, "api", a.cfg.APISocket, "pins", a.cfg.PinDir)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	wg.Wait()
+	return err
+}
+
+func (a *Agent) attach(name string) {
+	if ok, _ := filepath.Match(a.cfg.InterfaceGlob, name); !ok {
+		return
+	}
+	err := a.dp.Attach(name)
+	a.mu.Lock()
+	a.attached[name] = err
+	a.mu.Unlock()
+	if err != nil {
+		a.metrics.attachFailures.Inc()
+		a.log.Error("attach failed: traffic of this interface is not enforced", "interface", name, "err", err)
+		return
+	}
+	a.log.Debug("attached", "interface", name)
+}
+
+func (a *Agent) recordEvent(e FlowEvent) {
+	e.Node = a.cfg.NodeName
+	a.mu.Lock()
+	for _, p := range []*Peer{&e.Src, &e.Dst} {
+		if addr, err := netip.ParseAddr(p.IP); err == nil {
+			for _, le := range a.local {
+				if le.addr == addr {
+					p.Namespace, p.Pod = le.ep.Namespace, le.ep.Name
+				}
+			}
+			if p.Pod == "" {
+				if ep := a.engineEndpointByAddr(addr); ep != nil {
+					p.Namespace, p.Pod = ep.Namespace, ep.Name
+				}
+			}
+		}
+	}
+	a.mu.Unlock()
+	a.events.add(e)
+}
+
+func (a *Agent) engineEndpointByAddr(addr netip.Addr) *policy.Endpoint {
+	for _, ep := range a.engine.Endpoints() {
+		for _, x := range ep.Addrs {
+			if x == addr {
+				return ep
+			}
+		}
+	}
+	return nil
+}
+
+func jsonOf(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// Apply brings the engine and the datapath to a snapshot. It is the
+// source's update callback.
+func (a *Agent) Apply(s Snapshot) {
+	start := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.status.LastLoad = start
+	if s.Err != nil {
+		a.status.LastError = s.Err.Error()
+		a.metrics.sourceErrors.Inc()
+	} else {
+		a.status.LastError = ""
+	}
+	if s.World == nil {
+		return
+	}
+	a.status.Generation = s.Generation
+	if err := a.diffIntoEngine(s); err != nil {
+		a.log.Error("apply snapshot", "err", err)
+		a.status.LastError = err.Error()
+		return
+	}
+	a.program()
+	d := time.Since(start)
+	a.status.Reconcile = d
+	a.metrics.reconcile.Observe(d.Seconds())
+}
+
+// diffIntoEngine feeds what changed since the last snapshot to the engine.
+func (a *Agent) diffIntoEngine(s Snapshot) error {
+	e := a.engine
+	seen := map[string]bool{}
+	for i := range s.World.Namespaces {
+		ns := &s.World.Namespaces[i]
+		j := jsonOf(ns.Metadata.Labels)
+		seen[ns.Metadata.Name] = true
+		if a.applied.namespaces[ns.Metadata.Name] != j {
+			a.applied.namespaces[ns.Metadata.Name] = j
+			if err := e.UpsertNamespace(ns); err != nil {
+				return err
+			}
+		}
+	}
+	for name := range a.applied.namespaces {
+		if !seen[name] {
+			delete(a.applied.namespaces, name)
+			if err := e.UpsertNamespace(&api.Namespace{Metadata: api.ObjectMeta{Name: name}}); err != nil {
+				return err
+			}
+		}
+	}
+	clear(seen)
+	for i := range s.World.Nodes {
+		n := &s.World.Nodes[i]
+		seen[n.Metadata.Name] = true
+		if j := jsonOf(n); a.applied.nodes[n.Metadata.Name] != j {
+			a.applied.nodes[n.Metadata.Name] = j
+			e.UpsertNode(n)
+		}
+	}
+	for name := range a.applied.nodes {
+		if !seen[name] {
+			delete(a.applied.nodes, name)
+			e.DeleteNode(name)
+		}
+	}
+	if j := jsonOf(s.World.APIServerIPs); j != a.applied.apiServer {
+		a.applied.apiServer = j
+		e.SetAPIServerIPs(s.World.APIServerIPs)
+	}
+	clear(seen)
+	for i := range s.World.Pods {
+		p := &s.World.Pods[i]
+		key := p.Metadata.Namespace + "/" + p.Metadata.Name
+		seen[key] = true
+		if j := jsonOf(p); a.applied.pods[key] != j {
+			a.applied.pods[key] = j
+			if err := e.UpsertPod(p); err != nil {
+				return err
+			}
+		}
+	}
+	for key := range a.applied.pods {
+		if !seen[key] {
+			delete(a.applied.pods, key)
+			if err := e.DeletePod(key); err != nil {
+				return err
+			}
+		}
+	}
+	clear(seen)
+	for i := range s.Policies {
+		d := &s.Policies[i]
+		ref := d.Ref()
+		seen[ref] = true
+		j := jsonOf(struct {
+			N *api.NetworkPolicy
+			M *api.MeshPolicy
+		}{d.NetworkPolicy, d.Mesh})
+		if a.applied.policies[ref] != j {
+			a.applied.policies[ref] = j
+			e.UpsertPolicy(policy.FromDocument(d))
+		}
+	}
+	for ref := range a.applied.policies {
+		if !seen[ref] {
+			delete(a.applied.policies, ref)
+			e.DeletePolicy(ref)
+		}
+	}
+	return nil
+}
+
+// program pushes the engine's state into the datapath in the order that
+// keeps every moment safe (see the package comment).
+func (a *Agent) program() {
+	a.engine.Flush()
+	var problems []string
+	fail := func(what string, err error) {
+		problems = append(problems, fmt.Sprintf("%s: %v", what, err))
+		a.log.Error(what, "err", err)
+	}
+	// 1. Tables of local endpoints, swapped whole.
+	wanted := map[string]*localEndpoint{}
+	for _, ep := range a.engine.Endpoints() {
+		if ep.Node != a.cfg.NodeName || len(ep.Addrs) == 0 {
+			continue
+		}
+		key := ep.Key()
+		le := a.local[key]
+		if le == nil || le.addr != ep.Addrs[0] {
+			le = &localEndpoint{addr: ep.Addrs[0], id: a.endpointID(ep.Addrs[0])}
+		}
+		le.ep = ep
+		wanted[key] = le
+		t, id, _ := a.engine.Table(key)
+		if t != le.table {
+			if err := a.dp.SetPolicy(le.id, t); err != nil {
+				fail("policy of "+key, err)
+				le.state, le.err = "error", err
+				continue
+			}
+			le.table = t
+		}
+		le.ident = id
+	}
+	// 2. The ipcache, once every table that names a new identity is in.
+	if err := a.dp.SyncIPCache(a.engine.IPCache(a.cfg.NodeName)); err != nil {
+		fail("ipcache", err)
+	}
+	// 3. Endpoint entries: from now on the pod's traffic is enforced by
+	// its table rather than dropped as unknown.
+	for key, le := range wanted {
+		old := a.local[key]
+		if le.table == nil {
+			continue // its table failed: leave the pod dropped, fail closed
+		}
+		name, index, err := a.links.InterfaceFor(le.addr)
+		if err != nil {
+			le.state, le.err = "waiting-for-interface", err
+			continue
+		}
+		if old == nil || old.ifindex != index || old.ident != le.ident || old.state != "ready" {
+			if err := a.dp.SetEndpoint(le.addr, le.id, uint32(index), le.ident); err != nil {
+				fail("endpoint "+key, err)
+				le.state, le.err = "error", err
+				continue
+			}
+		}
+		le.ifname, le.ifindex, le.state, le.err = name, index, "ready", nil
+		if _, done := a.attached[name]; !done {
+			a.attached[name] = a.dp.Attach(name)
+		}
+	}
+	// 4. Endpoints that left this node.
+	for key, le := range a.local {
+		if _, ok := wanted[key]; ok && wanted[key].addr == le.addr {
+			continue
+		}
+		if err := a.dp.DeleteEndpoint(le.addr); err != nil {
+			fail("remove endpoint "+key, err)
+		}
+		if err := a.dp.DeletePolicy(le.id); err != nil {
+			fail("remove policy of "+key, err)
+		}
+		delete(a.ids, le.addr)
+	}
+	a.local = wanted
+	// Entries of a previous run for pods that are gone.
+	for addr, id := range a.ids {
+		if !a.isLocal(addr) {
+			if err := a.dp.DeleteEndpoint(addr); err != nil {
+				fail("remove stale endpoint "+addr.String(), err)
+			}
+			if err := a.dp.DeletePolicy(id); err != nil {
+				fail("remove stale policy "+addr.String(), err)
+			}
+			delete(a.ids, addr)
+		}
+	}
+	a.status.Problems = problems
+}
+
+func (a *Agent) isLocal(addr netip.Addr) bool {
+	for _, le := range a.local {
+		if le.addr == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// endpointID returns the datapath ID of the endpoint at addr, keeping the
+// ID a previous run gave it.
+func (a *Agent) endpointID(addr netip.Addr) uint32 {
+	if id, ok := a.ids[addr]; ok {
+		return id
+	}
+	used := map[uint32]bool{}
+	for _, id := range a.ids {
+		used[id] = true
+	}
+	id := uint32(1)
+	for used[id] {
+		id++
+	}
+	a.ids[addr] = id
+	return id
+}
+
+// ---- the API ----
+
+// Status implements Server.
+func (a *Agent) Status(context.Context) (*Status, error) {
+	a.mu.Lock()
+	s := a.status
+	s.Policies = len(a.engine.Policies())
+	s.Endpoints = len(a.local)
+	s.Identities = a.engine.Stats().Identities
+	for name, err := range a.attached {
+		if err != nil {
+			s.Problems = append(s.Problems, fmt.Sprintf("attach %s: %v", name, err))
+		}
+	}
+	a.mu.Unlock()
+	var err error
+	if s.Maps, err = a.dp.MapUsage(); err != nil {
+		s.Problems = append(s.Problems, "map usage: "+err.Error())
+	}
+	if s.Counters, err = a.dp.Counters(); err != nil {
+		s.Problems = append(s.Problems, "counters: "+err.Error())
+	}
+	s.Healthy = len(s.Problems) == 0 && s.LastError == "" && s.Generation > 0
+	sort.Strings(s.Problems)
+	return &s, nil
+}
+
+// Endpoints implements Server.
+func (a *Agent) Endpoints(context.Context) (*EndpointList, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := &EndpointList{Node: a.cfg.NodeName}
+	for _, le := range a.local {
+		es := EndpointStatus{ID: le.id, Namespace: le.ep.Namespace, Name: le.ep.Name, IP: le.addr.String(),
+			Identity: uint32(le.ident), Interface: le.ifname, State: le.state}
+		for _, l := range le.ep.Labels {
+			es.Labels = append(es.Labels, l.String())
+		}
+		if le.err != nil {
+			es.Extra = map[string]string{"error": le.err.Error()}
+		}
+		if t := le.table; t != nil {
+			es.IngressEnforced, es.EgressEnforced = t.Ingress.Enforced, t.Egress.Enforced
+			es.IngressPolicies, es.EgressPolicies = nonNil(t.Ingress.Selected), nonNil(t.Egress.Selected)
+			es.PolicyEntries = t.Ingress.Len() + t.Egress.Len()
+		}
+		out.Endpoints = append(out.Endpoints, es)
+	}
+	sort.Slice(out.Endpoints, func(i, j int) bool {
+		x, y := out.Endpoints[i], out.Endpoints[j]
+		return x.Namespace+"/"+x.Name < y.Namespace+"/"+y.Name
+	})
+	return out, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// Observe implements Server.
+func (a *Agent) Observe(ctx context.Context, req *ObserveRequest, send func(*FlowEvent) error) error {
+	var ch chan FlowEvent
+	if req.Follow {
+		var unsubscribe func()
+		ch, unsubscribe = a.events.subscribe()
+		defer unsubscribe()
+	}
+	last := req.Last
+	if last == 0 && !req.Follow {
+		last = 20
+	}
+	for _, e := range a.events.last(last) {
+		if req.Matches(&e) {
+			if err := send(&e); err != nil {
+				return err
+			}
+		}
+	}
+	if !req.Follow {
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-ch:
+			if req.Matches(&e) {
+				if err := send(&e); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+

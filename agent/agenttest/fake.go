@@ -1,0 +1,167 @@
+package agenttest
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/nodemesh/nodemesh/agent"
+	"github.com/nodemesh/nodemesh/identity"
+	"github.com/nodemesh/nodemesh/policy"
+)
+
+// Datapath records what the agent programs.
+type Datapath struct {
+	mu         sync.Mutex
+	Calls      []string // "SetPolicy 3", "SyncIPCache", "SetEndpoint 10.0.1.10", ... in order
+	Policies   map[uint32]*policy.Table
+	EPs        map[netip.Addr]uint32
+	Idents     map[netip.Addr]identity.NumericIdentity
+	IPCache    []policy.IPCacheEntry
+	Attached   map[string]bool
+	EventsIn   chan agent.FlowEvent
+	FailAttach map[string]error
+}
+
+// NewDatapath returns an empty fake.
+func NewDatapath() *Datapath {
+	return &Datapath{Policies: map[uint32]*policy.Table{}, EPs: map[netip.Addr]uint32{}, Idents: map[netip.Addr]identity.NumericIdentity{},
+		Attached: map[string]bool{}, EventsIn: make(chan agent.FlowEvent, 16), FailAttach: map[string]error{}}
+}
+
+func (d *Datapath) call(format string, args ...any) {
+	d.Calls = append(d.Calls, fmt.Sprintf(format, args...))
+}
+
+// TakeCalls returns the calls so far and forgets them.
+func (d *Datapath) TakeCalls() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := d.Calls
+	d.Calls = nil
+	return c
+}
+
+func (d *Datapath) Attach(ifname string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("Attach %s", ifname)
+	if err := d.FailAttach[ifname]; err != nil {
+		return err
+	}
+	d.Attached[ifname] = true
+	return nil
+}
+
+func (d *Datapath) Detach(ifname string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("Detach %s", ifname)
+	delete(d.Attached, ifname)
+	return nil
+}
+
+func (d *Datapath) SetEndpoint(addr netip.Addr, id, ifindex uint32, ident identity.NumericIdentity) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("SetEndpoint %s", addr)
+	d.EPs[addr], d.Idents[addr] = id, ident
+	return nil
+}
+
+func (d *Datapath) DeleteEndpoint(addr netip.Addr) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("DeleteEndpoint %s", addr)
+	delete(d.EPs, addr)
+	return nil
+}
+
+func (d *Datapath) SetPolicy(id uint32, t *policy.Table) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("SetPolicy %d", id)
+	d.Policies[id] = t
+	return nil
+}
+
+func (d *Datapath) DeletePolicy(id uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("DeletePolicy %d", id)
+	delete(d.Policies, id)
+	return nil
+}
+
+func (d *Datapath) SyncIPCache(es []policy.IPCacheEntry) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("SyncIPCache")
+	d.IPCache = es
+	return nil
+}
+
+func (d *Datapath) ReadEvents(ctx context.Context, fn func(agent.FlowEvent)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-d.EventsIn:
+			fn(e)
+		}
+	}
+}
+
+func (d *Datapath) Counters() ([]agent.Counter, error) {
+	return []agent.Counter{{Direction: "ingress", Verdict: "dropped", Reason: "default-deny", Packets: 3, Bytes: 180}}, nil
+}
+
+func (d *Datapath) MapUsage() ([]agent.MapUsage, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return []agent.MapUsage{{Name: "endpoints", Entries: len(d.EPs), MaxEntries: 65536}}, nil
+}
+
+func (d *Datapath) Endpoints() (map[netip.Addr]uint32, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[netip.Addr]uint32{}
+	for a, id := range d.EPs {
+		out[a] = id
+	}
+	return out, nil
+}
+
+// Links maps addresses to interface names it is told about.
+type Links struct {
+	mu    sync.Mutex
+	ByIP  map[netip.Addr]string
+	Index map[string]int
+}
+
+// NewLinks returns a fake with no interfaces.
+func NewLinks() *Links { return &Links{ByIP: map[netip.Addr]string{}, Index: map[string]int{}} }
+
+// Add makes addr route to a new interface name.
+func (l *Links) Add(addr netip.Addr, name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ByIP[addr] = name
+	l.Index[name] = 100 + len(l.Index)
+}
+
+func (l *Links) InterfaceFor(addr netip.Addr) (string, int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, ok := l.ByIP[addr]
+	if !ok {
+		return "", 0, fmt.Errorf("no route to %s", addr)
+	}
+	return n, l.Index[n], nil
+}
+
+func (l *Links) Watch(ctx context.Context, fn func(string)) error {
+	<-ctx.Done()
+	return nil
+}

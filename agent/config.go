@@ -1,0 +1,77 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Config configures an agent.
+type Config struct {
+	NodeName    string
+	WorldPaths  []string // standalone mode: world files or directories
+	PolicyPaths []string // standalone mode: policy files or directories
+	PinDir      string   // bpffs directory of this node's maps, programs and links
+	APISocket   string   // unix socket of the local API
+	MetricsAddr string   // host:port or unix:/path for Prometheus /metrics; "" disables
+	// InterfaceGlob selects the host-side pod veths to attach to.
+	InterfaceGlob string
+	Resync        time.Duration
+	EventBuffer   int
+}
+
+// Defaults fills unset fields.
+func (c *Config) Defaults() {
+	if c.PinDir == "" && c.NodeName != "" {
+		c.PinDir = filepath.Join("/sys/fs/bpf/nodemesh", c.NodeName)
+	}
+	if c.APISocket == "" && c.NodeName != "" {
+		c.APISocket = filepath.Join("/run/nodemesh", c.NodeName, "agent.sock")
+	}
+	if c.InterfaceGlob == "" {
+		c.InterfaceGlob = "*"
+	}
+	if c.Resync == 0 {
+		c.Resync = 5 * time.Second
+	}
+	if c.EventBuffer == 0 {
+		c.EventBuffer = 4096
+	}
+}
+
+// Validate reports every problem with the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("--node-name is required: the agent enforces policy for the pods of one node"))
+	}
+	if len(c.WorldPaths) == 0 {
+		errs = append(errs, errors.New("--world is required in standalone mode (files or directories of Namespace, Node and Pod objects)"))
+	}
+	if len(c.PolicyPaths) == 0 {
+		errs = append(errs, errors.New("--policies is required in standalone mode (files or directories of policy documents)"))
+	}
+	if _, err := filepath.Match(c.InterfaceGlob, "x"); err != nil {
+		errs = append(errs, fmt.Errorf("--interface-glob %q: %w", c.InterfaceGlob, err))
+	}
+	if c.EventBuffer < 1 {
+		errs = append(errs, fmt.Errorf("--event-buffer %d: must be at least 1", c.EventBuffer))
+	}
+	return errors.Join(errs...)
+}
+
+// BindFlags binds the configuration to command-line flags.
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of the node this agent runs on (its Node object's name)")
+	fs.StringSliceVar(&c.WorldPaths, "world", c.WorldPaths, "standalone mode: world file or directory (Namespaces, Nodes, Pods as kubectl prints them); repeatable")
+	fs.StringSliceVar(&c.PolicyPaths, "policies", c.PolicyPaths, "standalone mode: policy file or directory; repeatable")
+	fs.StringVar(&c.PinDir, "bpf-pin-dir", c.PinDir, "bpffs directory for this node's pinned maps and links (default /sys/fs/bpf/nodemesh/<node>)")
+	fs.StringVar(&c.APISocket, "api-socket", c.APISocket, "unix socket of the local API used by meshctl (default /run/nodemesh/<node>/agent.sock)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve Prometheus metrics at host:port or unix:/path (empty: off)")
+	fs.StringVar(&c.InterfaceGlob, "interface-glob", c.InterfaceGlob, "attach to host-side veth interfaces whose name matches this glob")
+	fs.DurationVar(&c.Resync, "resync", c.Resync, "reread the inputs this often even without change notifications")
+	fs.IntVar(&c.EventBuffer, "event-buffer", c.EventBuffer, "flow events kept for 'meshctl observe --last'")
+}
