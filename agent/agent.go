@@ -496,4 +496,3 @@ func (a *Agent) Observe(ctx context.Context, req *ObserveRequest, send func(*Flo
 		}
 	}
 }
-
