@@ -48,7 +48,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "meshctl",
-		Short: "meshctl inspects and checks Nodemesh policy",
+		Short: "meshctl checks Nodemesh policy offline and asks node agents what they enforce",
 		Long: `meshctl is the command-line tool of Nodemesh, the sidecarless service mesh.
 
 It answers questions about policy without a cluster: give it the world (the
@@ -57,6 +57,9 @@ prints them) and the policies (Kubernetes NetworkPolicy, Nodemesh
 MeshNetworkPolicy / MeshClusterwideNetworkPolicy, or their cilium.io/v2
 equivalents), and it says whether a flow is allowed, which policy and rule
 decided, and why — the same answer the nodes enforce.
+
+It also asks a node's agent, over its local socket, what it enforces:
+'meshctl status', 'meshctl endpoints', and 'meshctl observe' for flow events.
 
 Exit status: 0 on success (denied flows included), 1 when --fail-on-deny is
 given and a flow is denied, 2 on bad flags or bad input (nothing is printed
@@ -82,7 +85,7 @@ on standard output then; the problems are on standard error).`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w\nRun '%s --help' for usage.", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(newVersionCmd(), newPolicyCmd())
+	root.AddCommand(newVersionCmd(), newPolicyCmd(), newStatusCmd(), newEndpointsCmd(), newObserveCmd())
 	return root
 }
 
