@@ -5,7 +5,12 @@
 set -euo pipefail
 
 # Debian package names. Each later capability adds its own here.
-packages=(make git)
+packages=(
+	make git          # build
+	clang llvm libbpf-dev bpftool  # make generate: BPF objects (bpf2go)
+	iproute2 procps util-linux     # the virtual cluster: ip netns, sysctl, nsenter, mount
+	iptables          # make bench: the iptables comparison
+)
 
 missing=()
 for p in "${packages[@]}"; do
