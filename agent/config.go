@@ -32,7 +32,7 @@ func (c *Config) Defaults() {
 		c.APISocket = filepath.Join("/run/nodemesh", c.NodeName, "agent.sock")
 	}
 	if c.InterfaceGlob == "" {
-		c.InterfaceGlob = "*"
+		c.InterfaceGlob = "lxc*"
 	}
 	if c.Resync == 0 {
 		c.Resync = 5 * time.Second
@@ -71,7 +71,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.PinDir, "bpf-pin-dir", c.PinDir, "bpffs directory for this node's pinned maps and links (default /sys/fs/bpf/nodemesh/<node>)")
 	fs.StringVar(&c.APISocket, "api-socket", c.APISocket, "unix socket of the local API used by meshctl (default /run/nodemesh/<node>/agent.sock)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "serve Prometheus metrics at host:port or unix:/path (empty: off)")
-	fs.StringVar(&c.InterfaceGlob, "interface-glob", c.InterfaceGlob, "attach to host-side veth interfaces whose name matches this glob")
+	fs.StringVar(&c.InterfaceGlob, "interface-glob", c.InterfaceGlob, "attach to the host-side pod veths whose name matches this glob (as Cilium, pod veths are named lxc...); never the node's own uplink")
 	fs.DurationVar(&c.Resync, "resync", c.Resync, "reread the inputs this often even without change notifications")
 	fs.IntVar(&c.EventBuffer, "event-buffer", c.EventBuffer, "flow events kept for 'meshctl observe --last'")
 }

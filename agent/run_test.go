@@ -42,8 +42,6 @@ func TestRunStandalone(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("backend.yaml", backendPolicy)
-
 	dp, links := agenttest.NewDatapath(), agenttest.NewLinks()
 	links.Add(netip.MustParseAddr("10.0.1.10"), "veth-fe")
 	cfg := agent.Config{NodeName: "node-1", WorldPaths: []string{worldFile}, PolicyPaths: []string{polDir},
@@ -72,9 +70,15 @@ func TestRunStandalone(t *testing.T) {
 			return false
 		}
 		st, err := c.Status(ctx)
-		return err == nil && st.Generation == 1
+		return err == nil && st.Generation == 1 && st.Healthy // an empty policy directory: no policies
 	})
 	defer c.Close()
+
+	write("backend.yaml", backendPolicy)
+	waitFor(t, "the first policy", func() bool {
+		st, err := c.Status(ctx)
+		return err == nil && st.Generation == 2 && st.Policies == 1
+	})
 
 	// An edit is picked up.
 	write("frontend.yaml", frontendEgress)

@@ -63,7 +63,7 @@ func (s *StandaloneSource) Run(ctx context.Context, update func(Snapshot)) error
 		world, err := api.LoadWorld(s.WorldPaths...)
 		var docs []api.PolicyDocument
 		if err == nil {
-			docs, err = api.LoadPolicies(s.PolicyPaths...)
+			docs, err = s.loadPolicies()
 		}
 		if err != nil {
 			if s.Log != nil {
@@ -104,9 +104,13 @@ func (s *StandaloneSource) Run(ctx context.Context, update func(Snapshot)) error
 // inputSum hashes the names and contents of every input file.
 func (s *StandaloneSource) inputSum() [32]byte {
 	h := sha256.New()
-	files, err := api.Files(append(append([]string{}, s.WorldPaths...), s.PolicyPaths...)...)
-	if err != nil {
-		fmt.Fprint(h, err)
+	var files []string
+	for _, p := range append(append([]string{}, s.WorldPaths...), s.PolicyPaths...) {
+		fs, err := api.Files(p)
+		if err != nil {
+			fmt.Fprint(h, err) // an unreadable path; an empty directory lists nothing
+		}
+		files = append(files, fs...)
 	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
@@ -119,4 +123,22 @@ func (s *StandaloneSource) inputSum() [32]byte {
 	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
 	return sum
+}
+
+// loadPolicies loads the policy paths; an empty policy directory means no
+// policies (everything open), not an error.
+func (s *StandaloneSource) loadPolicies() ([]api.PolicyDocument, error) {
+	var paths []string
+	for _, p := range s.PolicyPaths {
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			if files, _ := api.Files(p); len(files) == 0 {
+				continue
+			}
+		}
+		paths = append(paths, p)
+	}
+	if len(paths) == 0 {
+		return nil, nil
+	}
+	return api.LoadPolicies(paths...)
 }

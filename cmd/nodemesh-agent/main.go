@@ -1,0 +1,86 @@
+// Command nodemesh-agent is Nodemesh's per-node agent: it enforces policy
+// for the pods of its node with eBPF (see package agent for how, and
+// docs/ARCHITECTURE.md for where it fits).
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nodemesh/nodemesh/agent"
+	"github.com/nodemesh/nodemesh/bpf"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if err := newCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "nodemesh-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func newCmd() *cobra.Command {
+	var cfg agent.Config
+	var debug bool
+	c := &cobra.Command{
+		Use:   "nodemesh-agent --node-name NODE --world PATH --policies PATH",
+		Short: "Enforce Nodemesh policy for the pods of one node",
+		Long: `nodemesh-agent enforces policy for the pods of one node. It runs in the
+node's network namespace, as root.
+
+Standalone mode (the default): it reads the world (Namespaces, Nodes, Pods,
+as 'kubectl get namespaces,nodes,pods -A -o yaml' prints them) and the
+policies (NetworkPolicy, MeshNetworkPolicy, MeshClusterwideNetworkPolicy,
+CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy) from files or
+directories, follows changes to them, and programs the node's eBPF datapath:
+tc programs on each pod's host-side veth, an ipcache and a policy table per
+pod. An invalid change is refused and the last good state stays in force.
+
+Programs, links and maps are pinned in bpffs: when the agent stops or
+crashes, enforcement goes on with the last state, and a restarted agent
+adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
+'meshctl observe' talk to it over --api-socket.`,
+		Example: `  nodemesh-agent --node-name node-1 --world /etc/nodemesh/world --policies /etc/nodemesh/policies
+  nsenter --net=/run/netns/node-1 nodemesh-agent --node-name node-1 --world w.yaml --policies p/ \
+      --metrics-addr 127.0.0.1:9962`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+		RunE: func(c *cobra.Command, _ []string) error {
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", cfg.NodeName)
+			cfg.Defaults()
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			dp, err := bpf.Open(bpf.Config{PinDir: cfg.PinDir})
+			if err != nil {
+				return fmt.Errorf("open the eBPF datapath: %w", err)
+			}
+			defer dp.Close() // leaves programs, links and maps pinned: enforcement goes on
+			src := &agent.StandaloneSource{WorldPaths: cfg.WorldPaths, PolicyPaths: cfg.PolicyPaths, Resync: cfg.Resync, Log: log}
+			a, err := agent.New(cfg, version, src, agent.BPFDatapath{Datapath: dp}, agent.NetlinkLinks{}, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	cfg.BindFlags(c.Flags())
+	c.Flags().BoolVar(&debug, "debug", false, "log at debug level")
+	return c
+}

@@ -1,0 +1,330 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nodemesh/nodemesh/agent"
+	"github.com/nodemesh/nodemesh/tests/podtool"
+	"github.com/nodemesh/nodemesh/tests/vcluster"
+)
+
+// Options describe a cluster to start.
+type Options struct {
+	Cluster vcluster.Config
+	Pods    []vcluster.PodConfig
+	// Serve is what every pod serves (podtool serve flags); default TCP and
+	// UDP echo on 80 and 81, HTTP on 8080.
+	Serve []string
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+// Harness is a running virtual cluster with an agent per node.
+type Harness struct {
+	C        *vcluster.Cluster
+	Dir      string // the agents' inputs: world.yaml and policies/
+	Podtool  string
+	agentBin string
+	log      io.Writer
+
+	mu     sync.Mutex
+	agents map[string]*vcluster.Process
+}
+
+var build struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// AgentBinary builds cmd/nodemesh-agent once per process.
+func AgentBinary() (string, error) {
+	build.once.Do(func() {
+		build.dir, build.err = os.MkdirTemp("", "nodemesh-e2e-bin-")
+		if build.err != nil {
+			return
+		}
+		out, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			build.err = fmt.Errorf("go env GOMOD: %w", err)
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", filepath.Join(build.dir, "nodemesh-agent"), "./cmd/nodemesh-agent")
+		cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
+		if b, err := cmd.CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("build nodemesh-agent: %w: %s", err, b)
+		}
+	})
+	return filepath.Join(build.dir, "nodemesh-agent"), build.err
+}
+
+// RemoveBinaries deletes what AgentBinary built.
+func RemoveBinaries() {
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
+}
+
+func (h *Harness) logf(format string, args ...any) {
+	if h.log != nil {
+		fmt.Fprintf(h.log, format+"\n", args...)
+	}
+}
+
+// Start creates the cluster, starts a server in every pod and an agent on
+// every node, and waits until every agent enforces every local pod.
+func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
+	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}}
+	if h.agentBin, err = AgentBinary(); err != nil {
+		return nil, err
+	}
+	if h.Podtool, err = vcluster.PodtoolPath(); err != nil {
+		return nil, err
+	}
+	if h.Dir, err = os.MkdirTemp("", "nodemesh-e2e-"); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(filepath.Join(h.Dir, "policies"), 0o755); err != nil {
+		return nil, err
+	}
+	h.logf("creating the virtual cluster (%d nodes, %d pods)", len(opts.Cluster.Nodes), len(opts.Pods))
+	if h.C, err = vcluster.New(ctx, opts.Cluster); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	serve := opts.Serve
+	if serve == nil {
+		serve = []string{"--tcp", "80,81", "--udp", "80,81", "--http", "8080"}
+	}
+	for _, pc := range opts.Pods {
+		p, err := h.C.AddPod(ctx, pc)
+		if err != nil {
+			return nil, err
+		}
+		proc, err := p.Start(ctx, append([]string{h.Podtool, "serve"}, serve...)...)
+		if err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = proc.WaitReady(wctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("server in %s: %w: %s", p, err, proc.Stderr())
+		}
+	}
+	if err := h.WriteWorld(); err != nil {
+		return nil, err
+	}
+	for _, n := range h.C.Nodes() {
+		if err := h.StartAgent(ctx, n.Name); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// WriteWorld writes the cluster's pods and nodes for the agents.
+func (h *Harness) WriteWorld() error {
+	return writeAtomic(filepath.Join(h.Dir, "world.yaml"), h.C.WorldYAML())
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Socket is the API socket of a node's agent.
+func (h *Harness) Socket(node string) string { return filepath.Join(h.Dir, "run", node, "agent.sock") }
+
+// StartAgent starts (or restarts) the agent of a node and waits until it
+// has loaded its input and programmed every local pod.
+func (h *Harness) StartAgent(ctx context.Context, node string) error {
+	n := h.C.Node(node)
+	pins, err := n.BPFFSDir()
+	if err != nil {
+		return err
+	}
+	proc, err := n.Start(context.Background(), h.agentBin, "--node-name", node,
+		"--world", filepath.Join(h.Dir, "world.yaml"), "--policies", filepath.Join(h.Dir, "policies"),
+		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--resync", "1s")
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.agents[node] = proc
+	h.mu.Unlock()
+	h.logf("agent on %s: started (pid %d), waiting until it enforces its pods", node, proc.Pid())
+	return h.waitAgent(ctx, node, proc, func(st *agent.Status, eps *agent.EndpointList) bool {
+		for _, e := range eps.Endpoints {
+			if e.State != "ready" {
+				return false
+			}
+		}
+		return st.Generation > 0 && len(eps.Endpoints) == len(h.podsOn(node))
+	})
+}
+
+func (h *Harness) podsOn(node string) []*vcluster.Pod {
+	var out []*vcluster.Pod
+	for _, p := range h.C.Pods() {
+		if p.Node == node {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// waitAgent polls an agent's API until cond holds.
+func (h *Harness) waitAgent(ctx context.Context, node string, proc *vcluster.Process, cond func(*agent.Status, *agent.EndpointList) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var last string
+	for {
+		select {
+		case <-proc.Done():
+			return fmt.Errorf("agent on %s exited: %v\n%s", node, proc.Wait(), proc.Stderr())
+		case <-ctx.Done():
+			return fmt.Errorf("agent on %s: %w (last state: %s)\n%s", node, ctx.Err(), last, proc.Stderr())
+		case <-time.After(20 * time.Millisecond):
+		}
+		c, err := agent.Dial(h.Socket(node))
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		st, err1 := c.Status(ctx)
+		eps, err2 := c.Endpoints(ctx)
+		c.Close()
+		if err := errors.Join(err1, err2); err != nil {
+			last = err.Error()
+			continue
+		}
+		b, _ := json.Marshal(struct {
+			S *agent.Status
+			E *agent.EndpointList
+		}{st, eps})
+		last = string(b)
+		if cond(st, eps) {
+			return nil
+		}
+	}
+}
+
+// Status asks a node's agent for its status.
+func (h *Harness) Status(ctx context.Context, node string) (*agent.Status, error) {
+	c, err := agent.Dial(h.Socket(node))
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.Status(ctx)
+}
+
+// KillAgent kills a node's agent with SIGKILL, as a crash would.
+func (h *Harness) KillAgent(node string) error {
+	h.mu.Lock()
+	proc := h.agents[node]
+	delete(h.agents, node)
+	h.mu.Unlock()
+	if proc == nil {
+		return fmt.Errorf("no agent running on %s", node)
+	}
+	h.logf("agent on %s: SIGKILL", node)
+	if err := proc.Stop(0); err != nil && !strings.Contains(err.Error(), "killed") {
+		return err
+	}
+	return nil
+}
+
+// SetWorld replaces the agents' world file (unless unchanged) and waits
+// until every agent has loaded it.
+func (h *Harness) SetWorld(ctx context.Context, yaml []byte) (time.Duration, error) {
+	return h.setInput(ctx, filepath.Join(h.Dir, "world.yaml"), yaml)
+}
+
+// SetPolicies replaces every policy with the given YAML (unless unchanged)
+// and waits until every agent has loaded it; it returns how long that took.
+func (h *Harness) SetPolicies(ctx context.Context, yaml string) (time.Duration, error) {
+	return h.setInput(ctx, filepath.Join(h.Dir, "policies", "policies.yaml"), []byte(yaml))
+}
+
+func (h *Harness) setInput(ctx context.Context, path string, data []byte) (time.Duration, error) {
+	if old, err := os.ReadFile(path); err == nil && string(old) == string(data) {
+		return 0, nil
+	}
+	gens := map[string]int{}
+	for _, n := range h.C.Nodes() {
+		st, err := h.Status(ctx, n.Name)
+		if err != nil {
+			return 0, err
+		}
+		gens[n.Name] = st.Generation
+	}
+	start := time.Now()
+	if err := writeAtomic(path, data); err != nil {
+		return 0, err
+	}
+	for _, n := range h.C.Nodes() {
+		h.mu.Lock()
+		proc := h.agents[n.Name]
+		h.mu.Unlock()
+		err := h.waitAgent(ctx, n.Name, proc, func(st *agent.Status, _ *agent.EndpointList) bool {
+			return st.Generation > gens[n.Name] || st.LastError != ""
+		})
+		if err != nil {
+			return 0, err
+		}
+		if st, _ := h.Status(ctx, n.Name); st != nil && st.LastError != "" {
+			return 0, fmt.Errorf("agent on %s refused %s: %s", n.Name, filepath.Base(path), st.LastError)
+		}
+	}
+	return time.Since(start), nil
+}
+
+// Probe tries one connection from a pod to an address and says whether it
+// got through. A refused connection counts as through: policy drops, it does
+// not refuse.
+func (h *Harness) Probe(ctx context.Context, from *vcluster.Pod, proto, to string, timeout time.Duration) (podtool.ConnectResult, error) {
+	out, err := from.Exec(ctx, h.Podtool, "connect", "--proto", proto, "--to", to, "--timeout", timeout.String())
+	var res podtool.ConnectResult
+	if jerr := json.Unmarshal([]byte(strings.TrimSpace(string(out))), &res); jerr != nil {
+		return res, fmt.Errorf("probe %s -> %s: %v (output %q)", from, to, errors.Join(err, jerr), out)
+	}
+	return res, nil
+}
+
+// Close stops the agents, removes the cluster (and with it the pinned
+// state) and the agents' inputs.
+func (h *Harness) Close() error {
+	h.mu.Lock()
+	for _, p := range h.agents {
+		p.Stop(2 * time.Second)
+	}
+	h.agents = map[string]*vcluster.Process{}
+	h.mu.Unlock()
+	var err error
+	if h.C != nil {
+		err = h.C.Close()
+	}
+	if h.Dir != "" {
+		os.RemoveAll(h.Dir)
+	}
+	return err
+}
