@@ -185,13 +185,13 @@ func (a *Agent) Apply(s Snapshot) {
 	if s.World == nil {
 		return
 	}
-	a.status.Generation = s.Generation
 	if err := a.diffIntoEngine(s); err != nil {
 		a.log.Error("apply snapshot", "err", err)
 		a.status.LastError = err.Error()
 		return
 	}
 	a.program()
+	a.status.Generation = s.Generation // only now is this generation enforced
 	d := time.Since(start)
 	a.status.Reconcile = d
 	a.metrics.reconcile.Observe(d.Seconds())
