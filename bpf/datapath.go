@@ -115,7 +115,7 @@ func Open(cfg Config) (*Datapath, error) {
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("open datapath: the verifier refused the programs: %+v", ve)
+			return nil, fmt.Errorf("open datapath: the verifier refused the programs: %w\n%+v", err, ve)
 		}
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("open datapath: maps pinned in %s come from an incompatible version (remove them to start afresh, losing connection state): %w", cfg.PinDir, err)
