@@ -10,7 +10,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 GOTESTFLAGS ?=
 
-.PHONY: help build test lint vet fmt generate demo bench deps clean
+.PHONY: help build test e2e lint vet fmt generate check-generated demo bench deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -34,14 +34,22 @@ vet:
 	@echo ">> go vet"
 	$(GO) vet ./...
 
-generate: ## regenerate generated code (go generate)
+generate: deps ## regenerate generated code: the BPF objects (bpf2go, Debian clang)
 	$(GO) generate ./...
 
-test: deps lint ## everything CI runs: lint, the demo's checks, unit, scenario, differential and fuzz-seed tests
+check-generated: deps ## fail if the committed BPF objects do not match their sources
+	@echo ">> checking that bpf/*_bpfel.{go,o} match bpf/*.c (go generate ./bpf/)"
+	@$(GO) generate ./bpf/
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed objects differ from the sources: run 'make generate' and commit"; exit 1; }
+
+test: deps lint check-generated ## everything CI runs: lint, generated objects, the demo's checks, unit, BPF, scenario, differential and virtual-cluster tests
 	@echo ">> CLI end to end on the examples (make demo, output hidden)"
 	@$(MAKE) --no-print-directory demo >/dev/null
-	@echo ">> go test (unit, scenario, differential, fuzz seed corpora)"
-	$(GO) test -count=1 $(GOTESTFLAGS) ./...
+	@echo ">> go test: unit, scenario, differential, fuzz seed corpora, BPF (root) and the virtual cluster (root)"
+	$(GO) test -count=1 -timeout 30m $(GOTESTFLAGS) ./...
+
+e2e: deps ## the virtual-cluster tests only (root): agents enforcing policy on real traffic
+	$(GO) test -count=1 -timeout 20m ./tests/...
 
 demo: deps build ## check the seed policies offline with meshctl policy check
 	@scripts/demo.sh

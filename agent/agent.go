@@ -105,7 +105,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("links", func() error { return a.links.Watch(ctx, a.attach) })
 	run("events", func() error { return a.dp.ReadEvents(ctx, a.recordEvent) })
 	run("source", func() error { return a.src.Run(ctx, a.Apply) })
-	a.log.Info("agent running", "node", a.cfg.NodeName, "api", a.cfg.APISocket, "pins", a.cfg.PinDir)
+	a.log.Info("agent running", "api", a.cfg.APISocket, "pins", a.cfg.PinDir)
 	var err error
 	select {
 	case <-ctx.Done():

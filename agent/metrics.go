@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,7 +88,10 @@ func (m *metrics) serve(ctx context.Context, addr string) error {
 	network := "tcp"
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, addr = "unix", p
-		_ = os.Remove(p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("metrics socket dir: %w", err)
+		}
+		_ = os.Remove(p) // a stale socket of a previous run
 	}
 	l, err := net.Listen(network, addr)
 	if err != nil {

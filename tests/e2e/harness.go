@@ -47,7 +47,8 @@ var build struct {
 	err  error
 }
 
-// AgentBinary builds cmd/nodemesh-agent once per process.
+// AgentBinary builds cmd/nodemesh-agent (and meshctl, see MeshctlBinary)
+// once per process.
 func AgentBinary() (string, error) {
 	build.once.Do(func() {
 		build.dir, build.err = os.MkdirTemp("", "nodemesh-e2e-bin-")
@@ -59,13 +60,21 @@ func AgentBinary() (string, error) {
 			build.err = fmt.Errorf("go env GOMOD: %w", err)
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(build.dir, "nodemesh-agent"), "./cmd/nodemesh-agent")
+		cmd := exec.Command("go", "build", "-o", build.dir+"/", "./cmd/nodemesh-agent", "./cmd/meshctl")
 		cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 		if b, err := cmd.CombinedOutput(); err != nil {
-			build.err = fmt.Errorf("build nodemesh-agent: %w: %s", err, b)
+			build.err = fmt.Errorf("build nodemesh-agent and meshctl: %w: %s", err, b)
 		}
 	})
 	return filepath.Join(build.dir, "nodemesh-agent"), build.err
+}
+
+// MeshctlBinary returns the meshctl AgentBinary built.
+func MeshctlBinary() (string, error) {
+	if _, err := AgentBinary(); err != nil {
+		return "", err
+	}
+	return filepath.Join(build.dir, "meshctl"), nil
 }
 
 // RemoveBinaries deletes what AgentBinary built.
@@ -153,6 +162,11 @@ func writeAtomic(path string, data []byte) error {
 // Socket is the API socket of a node's agent.
 func (h *Harness) Socket(node string) string { return filepath.Join(h.Dir, "run", node, "agent.sock") }
 
+// MetricsSocket is the unix socket of a node's agent's Prometheus metrics.
+func (h *Harness) MetricsSocket(node string) string {
+	return filepath.Join(h.Dir, "run", node, "metrics.sock")
+}
+
 // StartAgent starts (or restarts) the agent of a node and waits until it
 // has loaded its input and programmed every local pod.
 func (h *Harness) StartAgent(ctx context.Context, node string) error {
@@ -163,7 +177,7 @@ func (h *Harness) StartAgent(ctx context.Context, node string) error {
 	}
 	proc, err := n.Start(context.Background(), h.agentBin, "--node-name", node,
 		"--world", filepath.Join(h.Dir, "world.yaml"), "--policies", filepath.Join(h.Dir, "policies"),
-		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--resync", "1s")
+		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:"+h.MetricsSocket(node), "--resync", "1s")
 	if err != nil {
 		return err
 	}
