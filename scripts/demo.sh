@@ -62,4 +62,11 @@ for f in examples/invalid/*.yaml; do
 	[[ $rc == 2 ]] || fail "$f: exit status $rc, want 2"
 done
 
-step "demo: all verdicts as expected"
+step "offline checks: all verdicts as expected"
+
+step "Now on a virtual cluster: nodes and pods are network namespaces, agents enforce with eBPF"
+if [[ $(id -u) -ne 0 ]]; then
+	echo "  skipped: the virtual cluster needs root (network namespaces, BPF)"
+else
+	go run ./tests/demo
+fi

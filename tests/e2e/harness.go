@@ -106,10 +106,11 @@ func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
 	if err := os.Mkdir(filepath.Join(h.Dir, "policies"), 0o755); err != nil {
 		return nil, err
 	}
-	h.logf("creating the virtual cluster (%d nodes, %d pods)", len(opts.Cluster.Nodes), len(opts.Pods))
+	h.logf("creating the virtual cluster")
 	if h.C, err = vcluster.New(ctx, opts.Cluster); err != nil {
 		return nil, err
 	}
+	h.logf("starting %d pods on %d nodes, each with a server", len(opts.Pods), len(h.C.Nodes()))
 	defer func() {
 		if err != nil {
 			h.Close()
