@@ -110,11 +110,11 @@ func observed(ctx context.Context, t *testing.T, h *e2e.Harness, pods []string, 
 				fns, fname, _ := strings.Cut(from, "/")
 				tns, tname, _ := strings.Cut(to, "/")
 				src, dst := h.C.Pod(fns, fname), h.C.Pod(tns, tname)
-				to := fmt.Sprintf("%s:%d", dst.IP, port)
-				res, err := h.Probe(ctx, src, strings.ToLower(proto), to, 500*time.Millisecond)
+				addr := fmt.Sprintf("%s:%d", dst.IP, port)
+				res, err := h.Probe(ctx, src, strings.ToLower(proto), addr, 500*time.Millisecond)
 				if err == nil && !res.OK && res.Reason != "refused" && want.Get(from, to) == policy.Allowed {
 					t.Logf("%s -> %s %s/%d: %s; trying once more", from, to, proto, port, res.Reason)
-					res, err = h.Probe(ctx, src, strings.ToLower(proto), to, time.Second)
+					res, err = h.Probe(ctx, src, strings.ToLower(proto), addr, time.Second)
 				}
 				if err != nil {
 					t.Error(err)
