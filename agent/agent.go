@@ -14,6 +14,7 @@ import (
 	"github.com/nodemesh/nodemesh/api"
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/policy"
+	"github.com/nodemesh/nodemesh/xds"
 )
 
 // Agent enforces policy for the pods of one node.
@@ -26,6 +27,7 @@ type Agent struct {
 	src     Source
 	events  *eventRing
 	metrics *metrics
+	xds     *xds.Server
 
 	mu       sync.Mutex // guards everything below
 	engine   *policy.Engine
@@ -78,6 +80,7 @@ func New(cfg Config, version string, src Source, dp Datapath, links Links, log *
 		applied:  applied{namespaces: map[string]string{}, pods: map[string]string{}, policies: map[string]string{}, nodes: map[string]string{}},
 	}
 	a.metrics = newMetrics(a)
+	a.xds = xds.NewServer(log, a.metrics.reg)
 	a.status = Status{Node: cfg.NodeName, Version: version, Mode: "standalone"}
 	return a, nil
 }
@@ -99,6 +102,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	run("api", func() error { return Serve(ctx, a.cfg.APISocket, a) })
+	run("xds", func() error { return a.xds.Serve(ctx, a.cfg.XDSSocket) })
 	if a.cfg.MetricsAddr != "" {
 		run("metrics", func() error { return a.metrics.serve(ctx, a.cfg.MetricsAddr) })
 	}
@@ -315,6 +319,14 @@ func (a *Agent) program() {
 		}
 		le.ident = id
 	}
+	// The node proxy's configuration follows the tables. Redirected flows
+	// stay dropped by the datapath (fail closed) until redirection to an
+	// ACKed configuration exists (issue 4).
+	if v, err := a.xds.SetNode(a.cfg.NodeName, xds.InputFromEngine(a.engine, a.cfg.NodeName, a.cfg.Proxy)); err != nil {
+		fail("proxy configuration", err)
+	} else {
+		a.status.ProxyConfig = v
+	}
 	// 2. The ipcache, once every table that names a new identity is in.
 	if err := a.dp.SyncIPCache(a.engine.IPCache(a.cfg.NodeName)); err != nil {
 		fail("ipcache", err)
@@ -421,6 +433,13 @@ func (a *Agent) Status(context.Context) (*Status, error) {
 	if s.Counters, err = a.dp.Counters(); err != nil {
 		s.Problems = append(s.Problems, "counters: "+err.Error())
 	}
+	ps := a.xds.Status(a.cfg.NodeName)
+	s.ProxyStreams, s.ProxyAcked = ps.Streams, ps.Acked
+	for t, ts := range ps.Types {
+		if ts.NACK != nil {
+			s.Problems = append(s.Problems, fmt.Sprintf("proxy rejected %s version %s: %s", t, ts.NACK.Version, ts.NACK.Message))
+		}
+	}
 	s.Healthy = len(s.Problems) == 0 && s.LastError == "" && s.Generation > 0
 	sort.Strings(s.Problems)
 	return &s, nil
@@ -495,4 +514,14 @@ func (a *Agent) Observe(ctx context.Context, req *ObserveRequest, send func(*Flo
 			}
 		}
 	}
+}
+
+// EnvoyConfig implements Server: the xDS resources served to this node's
+// proxy, as Envoy's admin config_dump.
+func (a *Agent) EnvoyConfig(_ context.Context, req *EnvoyConfigRequest) (*EnvoyConfig, error) {
+	b, err := a.xds.ConfigDump(a.cfg.NodeName, req.Type)
+	if err != nil {
+		return nil, err
+	}
+	return &EnvoyConfig{ConfigDump: json.RawMessage(b)}, nil
 }

@@ -40,6 +40,11 @@ type Status struct {
 	Identities int        `json:"identities"`
 	Maps       []MapUsage `json:"maps"`
 	Counters   []Counter  `json:"counters"`
+	// ProxyConfig is the xDS version of the node proxy's configuration;
+	// ProxyAcked whether the proxy acknowledged it, over ProxyStreams.
+	ProxyConfig  string `json:"proxyConfig"`
+	ProxyAcked   bool   `json:"proxyAcked"`
+	ProxyStreams int    `json:"proxyStreams"`
 	// Reconcile is how long the last change took from source to datapath.
 	Reconcile time.Duration `json:"reconcileNanos"`
 	Problems  []string      `json:"problems,omitempty"`
@@ -92,10 +97,22 @@ func (r *ObserveRequest) Matches(e *FlowEvent) bool {
 		(r.Port == 0 || r.Port == int(e.DstPort))
 }
 
+// EnvoyConfigRequest asks for the xDS resources served to the node proxy:
+// Type is "", listeners, clusters, routes or secrets.
+type EnvoyConfigRequest struct {
+	Type string `json:"type"`
+}
+
+// EnvoyConfig is Envoy's admin config_dump of those resources.
+type EnvoyConfig struct {
+	ConfigDump json.RawMessage `json:"configDump"`
+}
+
 // Server is what the API serves; *Agent implements it.
 type Server interface {
 	Status(context.Context) (*Status, error)
 	Endpoints(context.Context) (*EndpointList, error)
+	EnvoyConfig(context.Context, *EnvoyConfigRequest) (*EnvoyConfig, error)
 	Observe(ctx context.Context, req *ObserveRequest, send func(*FlowEvent) error) error
 }
 
@@ -120,6 +137,13 @@ var serviceDesc = grpc.ServiceDesc{
 				return nil, err
 			}
 			return srv.(Server).Endpoints(ctx)
+		}},
+		{MethodName: "EnvoyConfig", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			req := &EnvoyConfigRequest{}
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			return srv.(Server).EnvoyConfig(ctx, req)
 		}},
 	},
 	Streams: []grpc.StreamDesc{{
@@ -193,6 +217,12 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 func (c *Client) Endpoints(ctx context.Context) (*EndpointList, error) {
 	out := &EndpointList{}
 	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/Endpoints", &EndpointsRequest{}, out)
+}
+
+// EnvoyConfig calls the EnvoyConfig method.
+func (c *Client) EnvoyConfig(ctx context.Context, typ string) (*EnvoyConfig, error) {
+	out := &EnvoyConfig{}
+	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/EnvoyConfig", &EnvoyConfigRequest{Type: typ}, out)
 }
 
 // Observe streams flow events to fn until the stream ends (without

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/nodemesh/nodemesh/xds"
 )
 
 // Config configures an agent.
@@ -21,6 +23,10 @@ type Config struct {
 	InterfaceGlob string
 	Resync        time.Duration
 	EventBuffer   int
+	// XDSSocket is the unix socket of the xDS server the node proxy
+	// (Envoy or nodemesh-proxy) connects to.
+	XDSSocket string
+	Proxy     xds.Config
 }
 
 // Defaults fills unset fields.
@@ -31,6 +37,10 @@ func (c *Config) Defaults() {
 	if c.APISocket == "" && c.NodeName != "" {
 		c.APISocket = filepath.Join("/run/nodemesh", c.NodeName, "agent.sock")
 	}
+	if c.XDSSocket == "" && c.NodeName != "" {
+		c.XDSSocket = filepath.Join("/run/nodemesh", c.NodeName, "xds.sock")
+	}
+	c.Proxy.Defaults()
 	if c.InterfaceGlob == "" {
 		c.InterfaceGlob = "lxc*"
 	}
@@ -57,6 +67,9 @@ func (c *Config) Validate() error {
 	if _, err := filepath.Match(c.InterfaceGlob, "x"); err != nil {
 		errs = append(errs, fmt.Errorf("--interface-glob %q: %w", c.InterfaceGlob, err))
 	}
+	if err := c.Proxy.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("--event-buffer %d: must be at least 1", c.EventBuffer))
 	}
@@ -74,4 +87,6 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.InterfaceGlob, "interface-glob", c.InterfaceGlob, "attach to the host-side pod veths whose name matches this glob (as Cilium, pod veths are named lxc...); never the node's own uplink")
 	fs.DurationVar(&c.Resync, "resync", c.Resync, "reread the inputs this often even without change notifications")
 	fs.IntVar(&c.EventBuffer, "event-buffer", c.EventBuffer, "flow events kept for 'meshctl observe --last'")
+	fs.StringVar(&c.XDSSocket, "xds-socket", c.XDSSocket, "unix socket of the xDS server for the node proxy (default /run/nodemesh/<node>/xds.sock)")
+	c.Proxy.BindFlags(fs)
 }

@@ -45,7 +45,7 @@ func TestRunStandalone(t *testing.T) {
 	dp, links := agenttest.NewDatapath(), agenttest.NewLinks()
 	links.Add(netip.MustParseAddr("10.0.1.10"), "veth-fe")
 	cfg := agent.Config{NodeName: "node-1", WorldPaths: []string{worldFile}, PolicyPaths: []string{polDir},
-		APISocket: filepath.Join(dir, "agent.sock"), MetricsAddr: "unix:" + filepath.Join(dir, "metrics.sock")}
+		APISocket: filepath.Join(dir, "agent.sock"), XDSSocket: filepath.Join(dir, "xds.sock"), MetricsAddr: "unix:" + filepath.Join(dir, "metrics.sock")}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	src := &agent.StandaloneSource{WorldPaths: cfg.WorldPaths, PolicyPaths: cfg.PolicyPaths, Resync: time.Second, Log: log}
 	a, err := agent.New(cfg, "test", src, dp, links, log)

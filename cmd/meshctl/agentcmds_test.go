@@ -71,6 +71,11 @@ func TestAgentCommands(t *testing.T) {
 		{"bad verdict", []string{"observe", "--socket", sock, "--verdict", "maybe"}, 2, []string{"--verdict \"maybe\""}},
 		{"no agent", []string{"status", "--socket", filepath.Join(t.TempDir(), "none.sock")}, 2, []string{"is the agent running on this node?"}},
 		{"bad output", []string{"endpoints", "--socket", sock, "-o", "yaml"}, 2, []string{"--output \"yaml\""}},
+		{"envoy config", []string{"envoy", "config", "--socket", sock}, 0, []string{`"configs"`, "ListenersConfigDump"}},
+		{"envoy config yaml", []string{"envoy", "config", "--socket", sock, "--type", "clusters", "-o", "yaml"}, 0, []string{"configs:"}},
+		{"envoy config bad type", []string{"envoy", "config", "--socket", sock, "--type", "pods"}, 2, []string{"--type \"pods\""}},
+		{"envoy bootstrap", []string{"envoy", "bootstrap", "--node", "node-7"}, 0, []string{`"node-7"`, "/run/nodemesh/node-7/xds.sock", "ads"}},
+		{"envoy bootstrap needs a node", []string{"envoy", "bootstrap"}, 2, []string{"--node is required"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

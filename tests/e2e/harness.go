@@ -178,7 +178,8 @@ func (h *Harness) StartAgent(ctx context.Context, node string) error {
 	}
 	proc, err := n.Start(context.Background(), h.agentBin, "--node-name", node,
 		"--world", filepath.Join(h.Dir, "world.yaml"), "--policies", filepath.Join(h.Dir, "policies"),
-		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:"+h.MetricsSocket(node), "--resync", "1s")
+		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:"+h.MetricsSocket(node),
+		"--xds-socket", filepath.Join(h.Dir, "run", node, "xds.sock"), "--resync", "1s")
 	if err != nil {
 		return err
 	}

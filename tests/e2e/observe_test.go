@@ -58,6 +58,19 @@ func TestObservability(t *testing.T) {
 		}
 	}
 
+	// With seed 003's L7 rule, node-2's proxy configuration carries it.
+	l7 := strings.Replace(seedPolicies, `toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "9000", protocol: TCP}]}]`,
+		`toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/userdata/[0-9]+"}]}}]`, 1)
+	if _, err := h.SetPolicies(context.Background(), l7); err != nil {
+		t.Fatal(err)
+	}
+	out = run("envoy", "config", "--socket", h.Socket("node-2"), "--type", "listeners")
+	for _, want := range []string{`"nodemesh-inbound"`, `/userdata/[0-9]+`, `"transparent": true`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("envoy config of node-2 lacks %s:\n%s", want, out)
+		}
+	}
+
 	// Prometheus metrics, from the agent's metrics socket.
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", h.MetricsSocket("node-2"))
