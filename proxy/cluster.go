@@ -1,0 +1,405 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// upstreamCluster is a compiled Cluster: how to pick the upstream address
+// of a request and the connection pool to reach it.
+type upstreamCluster struct {
+	name           string
+	originalDst    bool
+	useHeader      bool
+	headerName     string
+	portOverride   uint16
+	endpoints      []netip.AddrPort // STATIC
+	rr             atomic.Uint64
+	connectTimeout time.Duration
+	idleTimeout    time.Duration
+	sockopts       []intSockopt
+	source         netip.Addr // upstream_bind_config.source_address, zero = any
+
+	protocol  upstreamProtocol
+	transport *http.Transport // HTTP/1.1
+	h2c       *http.Transport // HTTP/2 with prior knowledge
+	proxyOnce sync.Once
+	proxy     *httputil.ReverseProxy
+}
+
+// Envoy's defaults.
+const (
+	defaultConnectTimeout   = 5 * time.Second
+	defaultIdleTimeout      = time.Hour
+	originalDstHeaderHeader = "x-envoy-original-dst-host"
+)
+
+func compileCluster(path string, c *cluster.Cluster) (*upstreamCluster, error) {
+	if err := onlyFields(path, c, "name", "alt_stat_name", "type", "cluster_type", "lb_policy", "connect_timeout", "load_assignment",
+		"original_dst_lb_config", "cleanup_interval", "upstream_bind_config", "common_http_protocol_options",
+		"typed_extension_protocol_options"); err != nil {
+		return nil, err
+	}
+	u := &upstreamCluster{name: c.GetName(), connectTimeout: defaultConnectTimeout, idleTimeout: defaultIdleTimeout}
+	if u.name == "" {
+		return nil, fmt.Errorf("%s.name: is required", path)
+	}
+	if c.GetClusterType() != nil {
+		return nil, fmt.Errorf("%s.cluster_type: custom cluster type %q is not supported by nodemesh-proxy (ORIGINAL_DST or STATIC)", path, c.GetClusterType().GetName())
+	}
+	switch c.GetType() {
+	case cluster.Cluster_ORIGINAL_DST:
+		u.originalDst = true
+		if c.GetLbPolicy() != cluster.Cluster_CLUSTER_PROVIDED {
+			return nil, fmt.Errorf("%s.lb_policy: an ORIGINAL_DST cluster needs CLUSTER_PROVIDED, not %s", path, c.GetLbPolicy())
+		}
+		if c.LoadAssignment != nil {
+			return nil, fmt.Errorf("%s.load_assignment: an ORIGINAL_DST cluster has no endpoints", path)
+		}
+		if o := c.GetOriginalDstLbConfig(); o != nil {
+			op := path + ".original_dst_lb_config"
+			if err := onlyFields(op, o, "use_http_header", "http_header_name", "upstream_port_override"); err != nil {
+				return nil, err
+			}
+			u.useHeader = o.GetUseHttpHeader()
+			u.headerName = o.GetHttpHeaderName()
+			if o.UpstreamPortOverride != nil {
+				p := o.GetUpstreamPortOverride().GetValue()
+				if p == 0 || p > 65535 {
+					return nil, fmt.Errorf("%s.upstream_port_override %d: out of range", op, p)
+				}
+				u.portOverride = uint16(p)
+			}
+		}
+		if u.headerName == "" {
+			u.headerName = originalDstHeaderHeader
+		}
+	case cluster.Cluster_STATIC:
+		if c.GetLbPolicy() != cluster.Cluster_ROUND_ROBIN {
+			return nil, fmt.Errorf("%s.lb_policy: %s is not supported for a STATIC cluster (ROUND_ROBIN)", path, c.GetLbPolicy())
+		}
+		if c.GetOriginalDstLbConfig() != nil {
+			return nil, fmt.Errorf("%s.original_dst_lb_config: only for ORIGINAL_DST clusters", path)
+		}
+		eps, err := compileEndpoints(path+".load_assignment", c)
+		if err != nil {
+			return nil, err
+		}
+		u.endpoints = eps
+	default:
+		return nil, fmt.Errorf("%s.type: %s is not supported by nodemesh-proxy (ORIGINAL_DST or STATIC)", path, c.GetType())
+	}
+	if c.ConnectTimeout != nil {
+		u.connectTimeout = c.GetConnectTimeout().AsDuration()
+		if u.connectTimeout <= 0 {
+			return nil, fmt.Errorf("%s.connect_timeout: must be positive", path)
+		}
+	}
+	if o := c.GetCommonHttpProtocolOptions(); o != nil {
+		op := path + ".common_http_protocol_options"
+		if err := onlyFields(op, o, "idle_timeout"); err != nil {
+			return nil, err
+		}
+		if o.IdleTimeout != nil {
+			u.idleTimeout = o.GetIdleTimeout().AsDuration()
+		}
+	}
+	if b := c.GetUpstreamBindConfig(); b != nil {
+		bp := path + ".upstream_bind_config"
+		if err := onlyFields(bp, b, "source_address", "socket_options"); err != nil {
+			return nil, err
+		}
+		if sa := b.GetSourceAddress(); sa != nil {
+			ap, err := compileSocketAddress(bp+".source_address", sa)
+			if err != nil {
+				return nil, err
+			}
+			if ap.Port() != 0 {
+				return nil, fmt.Errorf("%s.source_address.port_value: must be 0", bp)
+			}
+			if !ap.Addr().IsUnspecified() {
+				u.source = ap.Addr()
+			}
+		}
+		opts, err := compileSocketOptions(bp+".socket_options", b.GetSocketOptions())
+		if err != nil {
+			return nil, err
+		}
+		u.sockopts = opts
+	}
+	for k, a := range c.GetTypedExtensionProtocolOptions() {
+		op := fmt.Sprintf("%s.typed_extension_protocol_options[%q]", path, k)
+		if k != upstreamHTTPOptions {
+			return nil, fmt.Errorf("%s: protocol options %q are not supported by nodemesh-proxy (%s)", op, k, upstreamHTTPOptions)
+		}
+		if err := u.compileProtocolOptions(op, a); err != nil {
+			return nil, err
+		}
+	}
+	u.transport = u.newTransport(false)
+	if u.protocol != upstreamHTTP1 {
+		u.h2c = u.newTransport(true)
+	}
+	return u, nil
+}
+
+// upstreamProtocol is the HTTP version spoken to upstreams.
+type upstreamProtocol int
+
+const (
+	upstreamHTTP1      upstreamProtocol = iota // Envoy's default
+	upstreamH2C                                // explicit http2_protocol_options
+	upstreamDownstream                         // use_downstream_protocol_config
+)
+
+const upstreamHTTPOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+func (u *upstreamCluster) compileProtocolOptions(path string, a *anypb.Any) error {
+	var o upstreamhttp.HttpProtocolOptions
+	if err := unpackAny(path, a, &o); err != nil {
+		return err
+	}
+	if err := onlyFields(path, &o, "explicit_http_config", "use_downstream_protocol_config", "common_http_protocol_options"); err != nil {
+		return err
+	}
+	if ch := o.GetCommonHttpProtocolOptions(); ch != nil {
+		if err := onlyFields(path+".common_http_protocol_options", ch, "idle_timeout"); err != nil {
+			return err
+		}
+		if ch.IdleTimeout != nil {
+			u.idleTimeout = ch.GetIdleTimeout().AsDuration()
+		}
+	}
+	checkH1 := func(p string, h1 *core.Http1ProtocolOptions) error { return onlyFields(p, h1) }
+	checkH2 := func(p string, h2 *core.Http2ProtocolOptions) error { return onlyFields(p, h2) }
+	switch pc := o.GetUpstreamProtocolOptions().(type) {
+	case *upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_:
+		ep := path + ".explicit_http_config"
+		if err := onlyFields(ep, pc.ExplicitHttpConfig, "http_protocol_options", "http2_protocol_options"); err != nil {
+			return err
+		}
+		if h2 := pc.ExplicitHttpConfig.GetHttp2ProtocolOptions(); h2 != nil {
+			u.protocol = upstreamH2C
+			return checkH2(ep+".http2_protocol_options", h2)
+		}
+		u.protocol = upstreamHTTP1
+		return checkH1(ep+".http_protocol_options", pc.ExplicitHttpConfig.GetHttpProtocolOptions())
+	case *upstreamhttp.HttpProtocolOptions_UseDownstreamProtocolConfig:
+		dp := path + ".use_downstream_protocol_config"
+		d := pc.UseDownstreamProtocolConfig
+		if err := onlyFields(dp, d, "http_protocol_options", "http2_protocol_options"); err != nil {
+			return err
+		}
+		if d.GetHttpProtocolOptions() != nil {
+			if err := checkH1(dp+".http_protocol_options", d.GetHttpProtocolOptions()); err != nil {
+				return err
+			}
+		}
+		if d.GetHttp2ProtocolOptions() != nil {
+			if err := checkH2(dp+".http2_protocol_options", d.GetHttp2ProtocolOptions()); err != nil {
+				return err
+			}
+		}
+		u.protocol = upstreamDownstream
+	case nil:
+		return fmt.Errorf("%s: explicit_http_config or use_downstream_protocol_config is required", path)
+	}
+	return nil
+}
+
+// transportFor picks the connection pool for a request.
+func (u *upstreamCluster) transportFor(downstreamH2 bool) *http.Transport {
+	switch {
+	case u.protocol == upstreamH2C, u.protocol == upstreamDownstream && downstreamH2:
+		return u.h2c
+	}
+	return u.transport
+}
+
+func (u *upstreamCluster) closeIdle() {
+	u.transport.CloseIdleConnections()
+	if u.h2c != nil {
+		u.h2c.CloseIdleConnections()
+	}
+}
+
+func compileEndpoints(path string, c *cluster.Cluster) ([]netip.AddrPort, error) {
+	la := c.GetLoadAssignment()
+	if la == nil {
+		return nil, fmt.Errorf("%s: a STATIC cluster needs endpoints", path)
+	}
+	if err := onlyFields(path, la, "cluster_name", "endpoints"); err != nil {
+		return nil, err
+	}
+	var eps []netip.AddrPort
+	for i, l := range la.GetEndpoints() {
+		lp := join(path, at("endpoints", i))
+		if err := onlyFields(lp, l, "lb_endpoints"); err != nil {
+			return nil, err
+		}
+		for j, e := range l.GetLbEndpoints() {
+			ep := join(lp, at("lb_endpoints", j))
+			if err := onlyFields(ep, e, "endpoint", "health_status"); err != nil {
+				return nil, err
+			}
+			if hs := e.GetHealthStatus(); hs != core.HealthStatus_UNKNOWN && hs != core.HealthStatus_HEALTHY {
+				return nil, fmt.Errorf("%s.health_status: %s is not supported (UNKNOWN or HEALTHY)", ep, hs)
+			}
+			en := e.GetEndpoint()
+			if en == nil {
+				return nil, fmt.Errorf("%s.endpoint: is required", ep)
+			}
+			if err := onlyFields(ep+".endpoint", en, "address"); err != nil {
+				return nil, err
+			}
+			ap, err := compileAddress(ep+".endpoint.address", en.GetAddress())
+			if err != nil {
+				return nil, err
+			}
+			eps = append(eps, ap)
+		}
+	}
+	if len(eps) == 0 {
+		return nil, fmt.Errorf("%s: a STATIC cluster needs endpoints", path)
+	}
+	return eps, nil
+}
+
+// compileAddress accepts a TCP socket address with a literal IP.
+func compileAddress(path string, a *core.Address) (netip.AddrPort, error) {
+	if a == nil {
+		return netip.AddrPort{}, fmt.Errorf("%s: is required", path)
+	}
+	if err := onlyFields(path, a, "socket_address"); err != nil {
+		return netip.AddrPort{}, err
+	}
+	return compileSocketAddress(path+".socket_address", a.GetSocketAddress())
+}
+
+func compileSocketAddress(path string, sa *core.SocketAddress) (netip.AddrPort, error) {
+	if err := onlyFields(path, sa, "protocol", "address", "port_value", "ipv4_compat"); err != nil {
+		return netip.AddrPort{}, err
+	}
+	if sa.GetProtocol() != core.SocketAddress_TCP {
+		return netip.AddrPort{}, fmt.Errorf("%s.protocol: %s is not supported (TCP)", path, sa.GetProtocol())
+	}
+	ip, err := netip.ParseAddr(sa.GetAddress())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%s.address %q: an IP address is required: %w", path, sa.GetAddress(), err)
+	}
+	if sa.GetPortValue() > 65535 {
+		return netip.AddrPort{}, fmt.Errorf("%s.port_value %d: out of range", path, sa.GetPortValue())
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(sa.GetPortValue())), nil
+}
+
+// compileSocketOptions accepts integer options applied before bind or
+// connect (STATE_PREBIND), such as SO_MARK at level SOL_SOCKET.
+func compileSocketOptions(path string, opts []*core.SocketOption) ([]intSockopt, error) {
+	var out []intSockopt
+	for i, o := range opts {
+		op := fmt.Sprintf("%s[%d]", path, i)
+		if err := onlyFields(op, o, "description", "level", "name", "int_value", "state"); err != nil {
+			return nil, err
+		}
+		if o.GetState() != core.SocketOption_STATE_PREBIND {
+			return nil, fmt.Errorf("%s.state: %s is not supported (STATE_PREBIND)", op, o.GetState())
+		}
+		if _, ok := o.GetValue().(*core.SocketOption_IntValue); !ok {
+			return nil, fmt.Errorf("%s: int_value is required", op)
+		}
+		out = append(out, intSockopt{level: int(o.GetLevel()), name: int(o.GetName()), value: int(o.GetIntValue()),
+			desc: sockoptName(int(o.GetLevel()), int(o.GetName()))})
+	}
+	return out, nil
+}
+
+// errConnect marks a failure to connect upstream (Envoy's UF flag).
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return "upstream connect: " + e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+func (u *upstreamCluster) newTransport(h2c bool) *http.Transport {
+	d := &net.Dialer{Timeout: u.connectTimeout}
+	if u.source.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: u.source.AsSlice()}
+	}
+	if len(u.sockopts) > 0 {
+		opts := u.sockopts
+		d.Control = func(network, _ string, c syscall.RawConn) error { return applySockopts(c, network, opts) }
+	}
+	t := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &connectError{err}
+			}
+			return c, nil
+		},
+		// Envoy pools upstream connections per host without a count limit.
+		MaxIdleConnsPerHost: 1024,
+		IdleConnTimeout:     u.idleTimeout,
+		// The proxy forwards bodies as they are; the transport must not
+		// ask for gzip and decode it behind the client's back.
+		DisableCompression: true,
+		// HTTP/1.1 upstream unless configured otherwise, as in Envoy.
+		ForceAttemptHTTP2: false,
+	}
+	if h2c {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		t.Protocols = &p
+	}
+	return t
+}
+
+// errOwnListener refuses an ORIGINAL_DST request whose destination is the
+// proxy's own (non-transparent) listener: forwarding would loop.
+var errOwnListener = errors.New("the original destination is this proxy's own listener")
+
+// pick chooses the upstream address of a request.
+func (u *upstreamCluster) pick(r *http.Request, ci *connInfo) (netip.AddrPort, error) {
+	if !u.originalDst {
+		n := u.rr.Add(1) - 1
+		return u.endpoints[n%uint64(len(u.endpoints))], nil
+	}
+	dst := ci.origDst
+	fromHeader := false
+	if u.useHeader {
+		if v := r.Header.Get(u.headerName); v != "" {
+			ap, err := netip.ParseAddrPort(v)
+			if err != nil {
+				return netip.AddrPort{}, fmt.Errorf("header %s %q: not an IP:port", u.headerName, v)
+			}
+			dst, fromHeader = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+		}
+	}
+	if u.portOverride != 0 {
+		dst = netip.AddrPortFrom(dst.Addr(), u.portOverride)
+	}
+	if !fromHeader && !ci.restored && dst == ci.local {
+		return netip.AddrPort{}, errOwnListener
+	}
+	return dst, nil
+}
+
+// sockoptMark builds the SO_MARK option, for tests and callers.
+func sockoptMark(mark int) intSockopt {
+	return intSockopt{level: unix.SOL_SOCKET, name: unix.SO_MARK, value: mark, desc: "SO_MARK"}
+}

@@ -1,0 +1,427 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"golang.org/x/sys/unix"
+)
+
+// Well-known extension names the proxy implements.
+const (
+	filterHCM         = "envoy.filters.network.http_connection_manager"
+	filterRBAC        = "envoy.filters.http.rbac"
+	filterRouter      = "envoy.filters.http.router"
+	listenerOrigDst   = "envoy.filters.listener.original_dst"
+	accessLogStdout   = "envoy.access_loggers.stdout"
+	transportRawBytes = "raw_buffer"
+)
+
+// listenerConfig is a compiled, immutable Listener. A connection's
+// listener runtime holds the active one in an atomic pointer; gen
+// numbers activations so connections can cache their chain choice.
+type listenerConfig struct {
+	name          string
+	version       string
+	addrs         []bindAddr // address, then additional_addresses
+	socket        socketKey
+	extraOpts     []intSockopt // socket_options
+	origDstFilter bool
+	chains        []*filterChain
+	defaultChain  *filterChain
+	rdsNames      []string
+	raw           *listener.Listener
+	updated       time.Time
+	gen           uint64
+}
+
+// socketKey is how the listening sockets are made: a listener update that
+// keeps it is applied in place, without closing the sockets of the
+// addresses it keeps.
+type socketKey struct {
+	transparent bool
+	freebind    bool
+	opts        string // fmt of the socket options
+}
+
+type filterChain struct {
+	name  string
+	match chainMatch
+	hcm   *hcmConfig
+}
+
+// chainMatch is a compiled FilterChainMatch (the criteria the proxy
+// supports; the others are refused at compile time).
+type chainMatch struct {
+	dport     uint32 // 0: any
+	dst       []netip.Prefix
+	transport string // "" or raw_buffer
+	directSrc []netip.Prefix
+	src       []netip.Prefix
+	sports    []uint32
+}
+
+func compileListener(l *listener.Listener) (*listenerConfig, error) {
+	path := fmt.Sprintf("listener %q", l.GetName())
+	if l.GetName() == "" {
+		return nil, fmt.Errorf("listener: name is required")
+	}
+	if err := onlyFields(path, l, "name", "address", "stat_prefix", "filter_chains", "default_filter_chain",
+		"transparent", "freebind", "socket_options", "listener_filters", "traffic_direction", "use_original_dst",
+		"additional_addresses"); err != nil {
+		return nil, err
+	}
+	if l.GetUseOriginalDst().GetValue() {
+		return nil, fmt.Errorf("%s.use_original_dst: handing connections off to other listeners is not supported", path)
+	}
+	lc := &listenerConfig{name: l.GetName(), raw: l}
+	ba, err := compileBindAddress(path+".address", l.GetAddress())
+	if err != nil {
+		return nil, err
+	}
+	lc.addrs = append(lc.addrs, ba)
+	for i, aa := range l.GetAdditionalAddresses() {
+		ap := join(path, at("additional_addresses", i))
+		if err := onlyFields(ap, aa, "address"); err != nil {
+			return nil, err
+		}
+		ba, err := compileBindAddress(ap+".address", aa.GetAddress())
+		if err != nil {
+			return nil, err
+		}
+		for _, o := range lc.addrs {
+			if o.overlaps(ba) {
+				return nil, fmt.Errorf("%s.address: %s overlaps %s", ap, ba, o)
+			}
+		}
+		lc.addrs = append(lc.addrs, ba)
+	}
+	lc.socket = socketKey{transparent: l.GetTransparent().GetValue(), freebind: l.GetFreebind().GetValue()}
+	opts, err := compileSocketOptions(path+".socket_options", l.GetSocketOptions())
+	if err != nil {
+		return nil, err
+	}
+	lc.socket.opts, lc.extraOpts = fmt.Sprint(opts), opts
+	for i, f := range l.GetListenerFilters() {
+		fp := join(path, at("listener_filters", i))
+		if err := onlyFields(fp, f, "name", "typed_config"); err != nil {
+			return nil, err
+		}
+		if f.GetName() != listenerOrigDst {
+			return nil, fmt.Errorf("%s: listener filter %q is not supported by nodemesh-proxy (%s)", fp, f.GetName(), listenerOrigDst)
+		}
+		var od origdst.OriginalDst
+		if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &od); err != nil {
+			return nil, err
+		}
+		if err := onlyFields(fp+".typed_config", &od); err != nil {
+			return nil, err
+		}
+		lc.origDstFilter = true
+	}
+	if len(l.GetFilterChains()) == 0 && l.GetDefaultFilterChain() == nil {
+		return nil, fmt.Errorf("%s: no filter chains", path)
+	}
+	seen := map[string]int{}
+	for i, fc := range l.GetFilterChains() {
+		fp := join(path, at("filter_chains", i))
+		c, err := compileFilterChain(fp, fc)
+		if err != nil {
+			return nil, err
+		}
+		// Envoy refuses two chains with the same match: which one a
+		// connection got would be undefined.
+		for _, k := range c.match.keys() {
+			if j, dup := seen[k]; dup {
+				return nil, fmt.Errorf("%s: filter_chain_match overlaps filter_chains[%d] (%s): multiple filter chains with the same matching rules", fp, j, k)
+			}
+			seen[k] = i
+		}
+		lc.chains = append(lc.chains, c)
+	}
+	if d := l.GetDefaultFilterChain(); d != nil {
+		fp := path + ".default_filter_chain"
+		if d.FilterChainMatch != nil {
+			return nil, fmt.Errorf("%s.filter_chain_match: not allowed on the default chain", fp)
+		}
+		c, err := compileFilterChain(fp, d)
+		if err != nil {
+			return nil, err
+		}
+		lc.defaultChain = c
+	}
+	for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
+		if c != nil && c.hcm.rdsName != "" && !slices.Contains(lc.rdsNames, c.hcm.rdsName) {
+			lc.rdsNames = append(lc.rdsNames, c.hcm.rdsName)
+		}
+	}
+	slices.Sort(lc.rdsNames)
+	return lc, nil
+}
+
+// sockopts lists the options the listening socket needs.
+func (k socketKey) sockopts(extra []intSockopt) []intSockopt {
+	var o []intSockopt
+	if k.transparent {
+		o = append(o, intSockopt{level: unix.SOL_IP, name: unix.IP_TRANSPARENT, value: 1, desc: "IP_TRANSPARENT"})
+	}
+	if k.freebind {
+		o = append(o, intSockopt{level: unix.SOL_IP, name: unix.IP_FREEBIND, value: 1, desc: "IP_FREEBIND"})
+	}
+	return append(o, extra...)
+}
+
+func compileFilterChain(path string, fc *listener.FilterChain) (*filterChain, error) {
+	if err := onlyFields(path, fc, "name", "filter_chain_match", "filters"); err != nil {
+		if fc.TransportSocket != nil {
+			return nil, fmt.Errorf("%s.transport_socket: %q is not supported by nodemesh-proxy yet (plaintext only): %w", path, fc.GetTransportSocket().GetName(), err)
+		}
+		return nil, err
+	}
+	c := &filterChain{name: fc.GetName()}
+	if m := fc.GetFilterChainMatch(); m != nil {
+		mp := path + ".filter_chain_match"
+		if err := onlyFields(mp, m, "destination_port", "prefix_ranges", "direct_source_prefix_ranges", "source_type",
+			"source_prefix_ranges", "source_ports", "transport_protocol"); err != nil {
+			return nil, err
+		}
+		if m.GetSourceType() != listener.FilterChainMatch_ANY {
+			return nil, fmt.Errorf("%s.source_type: %s is not supported (ANY)", mp, m.GetSourceType())
+		}
+		if tp := m.GetTransportProtocol(); tp != "" && tp != transportRawBytes {
+			return nil, fmt.Errorf("%s.transport_protocol: %q is not supported (%q; the proxy has no TLS inspector)", mp, tp, transportRawBytes)
+		}
+		c.match.transport = m.GetTransportProtocol()
+		if m.DestinationPort != nil {
+			p := m.GetDestinationPort().GetValue()
+			if p == 0 || p > 65535 {
+				return nil, fmt.Errorf("%s.destination_port %d: out of range", mp, p)
+			}
+			c.match.dport = p
+		}
+		var err error
+		if c.match.dst, err = compileCIDRs(mp+".prefix_ranges", m.GetPrefixRanges()); err != nil {
+			return nil, err
+		}
+		if c.match.directSrc, err = compileCIDRs(mp+".direct_source_prefix_ranges", m.GetDirectSourcePrefixRanges()); err != nil {
+			return nil, err
+		}
+		if c.match.src, err = compileCIDRs(mp+".source_prefix_ranges", m.GetSourcePrefixRanges()); err != nil {
+			return nil, err
+		}
+		for _, p := range m.GetSourcePorts() {
+			if p == 0 || p > 65535 {
+				return nil, fmt.Errorf("%s.source_ports: %d out of range", mp, p)
+			}
+		}
+		c.match.sports = m.GetSourcePorts()
+	}
+	if len(fc.GetFilters()) != 1 {
+		return nil, fmt.Errorf("%s.filters: exactly one network filter (%s) is supported, got %d", path, filterHCM, len(fc.GetFilters()))
+	}
+	f := fc.GetFilters()[0]
+	fp := path + ".filters[0]"
+	if err := onlyFields(fp, f, "name", "typed_config"); err != nil {
+		return nil, err
+	}
+	var h hcm.HttpConnectionManager
+	if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &h); err != nil {
+		if f.GetName() != filterHCM {
+			return nil, fmt.Errorf("%s: network filter %q is not supported by nodemesh-proxy (%s)", fp, f.GetName(), filterHCM)
+		}
+		return nil, err
+	}
+	hc, err := compileHCM(fp+".typed_config", &h)
+	if err != nil {
+		return nil, err
+	}
+	c.hcm = hc
+	return c, nil
+}
+
+func compileCIDRs(path string, cs []*core.CidrRange) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, c := range cs {
+		p, err := compileCIDR(fmt.Sprintf("%s[%d]", path, i), c)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// keys expands the match into one string per combination of its values,
+// to find chains Envoy would refuse as duplicates.
+func (m *chainMatch) keys() []string {
+	each := func(ps []netip.Prefix) []string {
+		if len(ps) == 0 {
+			return []string{"*"}
+		}
+		var s []string
+		for _, p := range ps {
+			s = append(s, p.String())
+		}
+		return s
+	}
+	ports := []string{"*"}
+	if len(m.sports) > 0 {
+		ports = nil
+		for _, p := range m.sports {
+			ports = append(ports, fmt.Sprint(p))
+		}
+	}
+	var keys []string
+	for _, d := range each(m.dst) {
+		for _, ds := range each(m.directSrc) {
+			for _, s := range each(m.src) {
+				for _, sp := range ports {
+					keys = append(keys, fmt.Sprintf("dport=%d dst=%s transport=%q direct_src=%s src=%s sport=%s", m.dport, d, m.transport, ds, s, sp))
+				}
+			}
+		}
+	}
+	return keys
+}
+
+// selectChain picks the filter chain of a connection as Envoy does: the
+// criteria are applied in order (destination port, destination IP,
+// transport protocol, direct source IP, source IP, source port) and at
+// each one only the chains with the most specific match go on; a
+// connection that falls through at a later criterion does not go back to
+// a less specific chain of an earlier one. No chain: the default chain,
+// else nil (the connection is reset).
+func (lc *listenerConfig) selectChain(local, remote netip.AddrPort) *filterChain {
+	cands := make([]*filterChain, 0, len(lc.chains))
+	cands = append(cands, lc.chains...)
+	// destination port: exact beats unset.
+	cands = narrow(cands, func(c *filterChain) int {
+		switch c.match.dport {
+		case uint32(local.Port()):
+			return 1
+		case 0:
+			return 0
+		}
+		return -1
+	})
+	cands = narrow(cands, func(c *filterChain) int { return prefixScore(c.match.dst, local.Addr()) })
+	// A connection's transport protocol is raw_buffer: there is no TLS inspector.
+	cands = narrow(cands, func(c *filterChain) int {
+		if c.match.transport == transportRawBytes {
+			return 1
+		}
+		return 0
+	})
+	cands = narrow(cands, func(c *filterChain) int { return prefixScore(c.match.directSrc, remote.Addr()) })
+	cands = narrow(cands, func(c *filterChain) int { return prefixScore(c.match.src, remote.Addr()) })
+	cands = narrow(cands, func(c *filterChain) int {
+		if len(c.match.sports) == 0 {
+			return 0
+		}
+		if slices.Contains(c.match.sports, uint32(remote.Port())) {
+			return 1
+		}
+		return -1
+	})
+	if len(cands) > 0 {
+		return cands[0]
+	}
+	return lc.defaultChain
+}
+
+// narrow keeps the candidates with the highest non-negative score.
+func narrow(cands []*filterChain, score func(*filterChain) int) []*filterChain {
+	best := -1
+	out := cands[:0]
+	for _, c := range cands {
+		s := score(c)
+		switch {
+		case s < 0 || s < best:
+		case s > best:
+			best = s
+			out = append(out[:0], c)
+		default:
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// prefixScore: 0 for a chain without prefixes (any address), 1+length of
+// the longest matching prefix, -1 when none matches.
+func prefixScore(ps []netip.Prefix, a netip.Addr) int {
+	if len(ps) == 0 {
+		return 0
+	}
+	best := -1
+	for _, p := range ps {
+		if p.Contains(a) && p.Bits()+1 > best {
+			best = p.Bits() + 1
+		}
+	}
+	return best
+}
+
+func (lc *listenerConfig) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %v (%d chains)", lc.name, lc.addrs, len(lc.chains))
+	return b.String()
+}
+
+// bindAddr is one listening address. As in Envoy, "0.0.0.0" binds IPv4
+// only and "::" IPv6 only, unless ipv4_compat asks for a dual-stack
+// socket.
+type bindAddr struct {
+	ap   netip.AddrPort
+	dual bool
+}
+
+func (b bindAddr) String() string {
+	if b.dual {
+		return b.ap.String() + "(dual-stack)"
+	}
+	return b.ap.String()
+}
+
+func (b bindAddr) network() string {
+	switch {
+	case b.dual:
+		return "tcp"
+	case b.ap.Addr().Is4():
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+// overlaps: two sockets on one port where one address covers the other.
+func (b bindAddr) overlaps(o bindAddr) bool {
+	if b.ap.Port() != o.ap.Port() || b.ap.Port() == 0 {
+		return false
+	}
+	cover := func(x, y bindAddr) bool {
+		return x.ap.Addr() == y.ap.Addr() || (x.ap.Addr().IsUnspecified() && (x.dual || x.ap.Addr().Is4() == y.ap.Addr().Is4()))
+	}
+	return cover(b, o) || cover(o, b)
+}
+
+func compileBindAddress(path string, a *core.Address) (bindAddr, error) {
+	ap, err := compileAddress(path, a)
+	if err != nil {
+		return bindAddr{}, err
+	}
+	b := bindAddr{ap: ap}
+	if a.GetSocketAddress().GetIpv4Compat() {
+		if !ap.Addr().Is6() {
+			return bindAddr{}, fmt.Errorf("%s.socket_address.ipv4_compat: only for IPv6 addresses", path)
+		}
+		b.dual = true
+	}
+	return b, nil
+}

@@ -1,0 +1,45 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the proxy's Prometheus series, on its own registry (served
+// by the admin endpoint's /stats).
+type metrics struct {
+	reg                *prometheus.Registry
+	requests           *prometheus.CounterVec
+	rbac               *prometheus.CounterVec
+	connectFailures    *prometheus.CounterVec
+	downstreamCx       *prometheus.CounterVec
+	downstreamCxActive *prometheus.GaugeVec
+	noFilterChain      *prometheus.CounterVec
+	xdsUpdates         *prometheus.CounterVec
+	xdsConnected       prometheus.Gauge
+	configVersion      *prometheus.GaugeVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_http_requests_total",
+			Help: "HTTP requests by listener and response status (\"reset\" when the stream was reset)."}, []string{"listener", "status"}),
+		rbac: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_rbac_requests_total",
+			Help: "Requests the RBAC filters allowed or denied, by listener."}, []string{"listener", "verdict"}),
+		connectFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_upstream_connect_failures_total",
+			Help: "Failed upstream connection attempts, by cluster."}, []string{"cluster"}),
+		downstreamCx: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_downstream_connections_total",
+			Help: "Accepted downstream connections, by listener."}, []string{"listener"}),
+		downstreamCxActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodemesh_proxy_downstream_connections_active",
+			Help: "Open downstream HTTP connections, by listener."}, []string{"listener"}),
+		noFilterChain: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_no_filter_chain_total",
+			Help: "Connections (or requests after a config change) that matched no filter chain and were reset, by listener."}, []string{"listener"}),
+		xdsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_xds_updates_total",
+			Help: "xDS responses acknowledged (ack) or rejected (nack), by resource type."}, []string{"type", "result"}),
+		xdsConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nodemesh_proxy_xds_connected",
+			Help: "1 while the ADS stream to the control plane is up."}),
+		configVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodemesh_proxy_config_version_info",
+			Help: "The version_info last accepted, by resource type (value 1)."}, []string{"type", "version"}),
+	}
+	m.reg.MustRegister(m.requests, m.rbac, m.connectFailures, m.downstreamCx, m.downstreamCxActive, m.noFilterChain,
+		m.xdsUpdates, m.xdsConnected, m.configVersion)
+	return m
+}

@@ -1,0 +1,423 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	admin "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Proxy is the node's L7 proxy: it applies the xDS resources it receives
+// (apply*.go) and serves the listeners they describe.
+type Proxy struct {
+	cfg        Config
+	log        *slog.Logger
+	metrics    *metrics
+	access     *accessLogger
+	discardLog *log.Logger
+
+	// Read by every request, replaced (copy on write) by the xDS loop.
+	routes   atomic.Pointer[map[string]*routeTable]
+	clusters atomic.Pointer[map[string]*upstreamCluster]
+	ready    atomic.Bool
+
+	mu            sync.Mutex // guards the resource state below
+	listeners     map[string]*listenerState
+	clusterStates map[string]*resourceState
+	routeStates   map[string]*resourceState
+	versions      map[string]string // type URL → last accepted version_info
+	acked         map[string]bool   // type URL → a response was accepted once
+	adminAddr     net.Addr
+}
+
+// resourceState is what /config_dump shows of one resource.
+type resourceState struct {
+	version string
+	raw     proto.Message
+	updated time.Time
+	failed  *admin.UpdateFailureState
+}
+
+type listenerState struct {
+	resourceState
+	rt *listenerRuntime
+}
+
+// New returns a proxy with no configuration.
+func New(cfg Config, logger *slog.Logger) *Proxy {
+	cfg.Defaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	out := cfg.AccessLog
+	if out == nil {
+		out = os.Stdout
+	}
+	p := &Proxy{
+		cfg: cfg, log: logger, metrics: newMetrics(), access: &accessLogger{w: out},
+		discardLog: log.New(io.Discard, "", 0),
+		listeners:  map[string]*listenerState{}, clusterStates: map[string]*resourceState{}, routeStates: map[string]*resourceState{},
+		versions: map[string]string{}, acked: map[string]bool{},
+	}
+	p.routes.Store(&map[string]*routeTable{})
+	p.clusters.Store(&map[string]*upstreamCluster{})
+	return p
+}
+
+// Run serves the admin endpoint and follows the control plane until ctx
+// ends; then it drains every listener.
+func (p *Proxy) Run(ctx context.Context) error {
+	if err := p.cfg.Validate(); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	if p.cfg.AdminAddress != "" {
+		ln, err := net.Listen("tcp", p.cfg.AdminAddress)
+		if err != nil {
+			return fmt.Errorf("admin endpoint: %w", err)
+		}
+		p.mu.Lock()
+		p.adminAddr = ln.Addr()
+		p.mu.Unlock()
+		srv := &http.Server{Handler: p.AdminHandler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: p.discardLog}
+		wg.Go(func() { _ = srv.Serve(ln) })
+		defer func() {
+			_ = srv.Close()
+			wg.Wait()
+		}()
+	}
+	err := p.runXDS(ctx)
+	p.Close()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// AdminAddr is the admin endpoint's bound address once Run started it.
+func (p *Proxy) AdminAddr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.adminAddr
+}
+
+// ListenerAddr is the bound address of a listener (for configs that ask
+// for port 0), false when it has none.
+func (p *Proxy) ListenerAddr(name string) (netip.AddrPort, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.listeners[name]
+	if st == nil || st.rt == nil {
+		return netip.AddrPort{}, false
+	}
+	return st.rt.Addr(), true
+}
+
+// Ready reports whether the first listener and cluster configuration is
+// applied and no listener is warming.
+func (p *Proxy) Ready() bool { return p.ready.Load() }
+
+// Close drains every listener.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, st := range p.listeners {
+		if st.rt != nil {
+			st.rt.drain()
+		}
+		delete(p.listeners, name)
+	}
+}
+
+// Type URLs of the resources the proxy subscribes to.
+const (
+	typeListener = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	typeCluster  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	typeRoute    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+)
+
+func failure(version string, raw proto.Message, err error) *admin.UpdateFailureState {
+	f := &admin.UpdateFailureState{Details: err.Error(), VersionInfo: version, LastUpdateAttempt: timestamppb.Now()}
+	if a, aerr := anypb.New(raw); aerr == nil && dumpable(a) {
+		f.FailedConfiguration = a
+	}
+	return f
+}
+
+// applyListeners applies a state-of-the-world LDS response: listeners
+// missing from it drain; each listener is accepted or refused on its own,
+// as in Envoy (a refused one keeps its previous config). The error lists
+// every refusal.
+func (p *Proxy) applyListeners(version string, ls []*listener.Listener) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	names := map[string]bool{}
+	for _, l := range ls {
+		names[l.GetName()] = true
+	}
+	for name, st := range p.listeners {
+		if !names[name] {
+			if st.rt != nil {
+				st.rt.drain()
+			}
+			delete(p.listeners, name)
+		}
+	}
+	seen := map[string]bool{}
+	routes := *p.routes.Load()
+	for _, l := range ls {
+		name := l.GetName()
+		if seen[name] {
+			errs = append(errs, fmt.Errorf("listener %q: duplicate name in one response", name))
+			continue
+		}
+		seen[name] = true
+		old := p.listeners[name]
+		if old != nil && old.raw != nil && proto.Equal(old.raw, l) {
+			old.failed = nil
+			continue
+		}
+		lc, err := compileListener(l)
+		if err == nil {
+			lc.version, lc.updated = version, time.Now()
+			err = p.installListener(old, lc, routes)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			if old == nil {
+				old = &listenerState{}
+				p.listeners[name] = old
+			}
+			old.failed = failure(version, l, err)
+			continue
+		}
+	}
+	p.pruneRoutesLocked()
+	p.updateReadyLocked()
+	return errors.Join(errs...)
+}
+
+// installListener binds or updates the runtime of one compiled listener.
+func (p *Proxy) installListener(old *listenerState, lc *listenerConfig, routes map[string]*routeTable) error {
+	switch {
+	case old != nil && old.rt != nil && old.rt.socket == lc.socket:
+		if err := old.rt.setAddrs(lc); err != nil {
+			return err
+		}
+		old.rt.update(lc, routes)
+	case old != nil && old.rt != nil && old.rt.overlaps(lc.addrs):
+		return fmt.Errorf("listener %q: changing transparent, freebind or socket_options of a bound address is not supported (remove the listener, then add it)", lc.name)
+	default:
+		rt, err := p.newListenerRuntime(lc)
+		if err != nil {
+			return err
+		}
+		rt.update(lc, routes)
+		if old != nil && old.rt != nil {
+			old.rt.drain()
+		}
+		if old == nil {
+			old = &listenerState{}
+			p.listeners[lc.name] = old
+		}
+		old.rt = rt
+	}
+	old.raw, old.version, old.updated, old.failed = lc.raw, lc.version, lc.updated, nil
+	return nil
+}
+
+// rdsNames is the route configurations the listeners (active and
+// warming) refer to.
+func (p *Proxy) rdsNames() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rdsNamesLocked()
+}
+
+func (p *Proxy) rdsNamesLocked() []string {
+	set := map[string]bool{}
+	for _, st := range p.listeners {
+		if st.rt == nil {
+			continue
+		}
+		if lc := st.rt.cfg.Load(); lc != nil {
+			for _, n := range lc.rdsNames {
+				set[n] = true
+			}
+		}
+		st.rt.mu.Lock()
+		if st.rt.pending != nil {
+			for _, n := range st.rt.pending.rdsNames {
+				set[n] = true
+			}
+		}
+		st.rt.mu.Unlock()
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+// applyRoutes applies an RDS response. Route configurations are kept
+// while a listener refers to them (pruned when listeners change).
+func (p *Proxy) applyRoutes(version string, rcs []*route.RouteConfiguration) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	next := maps.Clone(*p.routes.Load())
+	for _, rc := range rcs {
+		name := rc.GetName()
+		st := p.routeStates[name]
+		if st != nil && st.raw != nil && proto.Equal(st.raw, rc) {
+			st.failed = nil
+			continue
+		}
+		t, err := compileRouteConfig(fmt.Sprintf("route configuration %q", name), rc)
+		if err == nil && name == "" {
+			err = errors.New("route configuration: name is required")
+		}
+		if err != nil {
+			errs = append(errs, err)
+			if st == nil {
+				st = &resourceState{}
+				p.routeStates[name] = st
+			}
+			st.failed = failure(version, rc, err)
+			continue
+		}
+		next[name] = t
+		p.routeStates[name] = &resourceState{version: version, raw: rc, updated: time.Now()}
+	}
+	p.routes.Store(&next)
+	for _, st := range p.listeners {
+		if st.rt != nil {
+			st.rt.promote(next)
+		}
+	}
+	p.updateReadyLocked()
+	return errors.Join(errs...)
+}
+
+// pruneRoutesLocked forgets route configurations no listener refers to.
+func (p *Proxy) pruneRoutesLocked() {
+	keep := map[string]bool{}
+	for _, n := range p.rdsNamesLocked() {
+		keep[n] = true
+	}
+	cur := *p.routes.Load()
+	next := make(map[string]*routeTable, len(cur))
+	for n, t := range cur {
+		if keep[n] {
+			next[n] = t
+		}
+	}
+	p.routes.Store(&next)
+	for n := range p.routeStates {
+		if !keep[n] {
+			delete(p.routeStates, n)
+		}
+	}
+}
+
+// applyClusters applies a state-of-the-world CDS response.
+func (p *Proxy) applyClusters(version string, cs []*cluster.Cluster) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	cur := *p.clusters.Load()
+	next := make(map[string]*upstreamCluster, len(cs))
+	states := make(map[string]*resourceState, len(cs))
+	for _, c := range cs {
+		name := c.GetName()
+		old := p.clusterStates[name]
+		if _, dup := states[name]; dup {
+			errs = append(errs, fmt.Errorf("cluster %q: duplicate name in one response", name))
+			continue
+		}
+		if old != nil && old.raw != nil && proto.Equal(old.raw, c) && cur[name] != nil {
+			next[name], states[name] = cur[name], old
+			old.failed = nil
+			continue
+		}
+		u, err := compileCluster(fmt.Sprintf("cluster %q", name), c)
+		if err != nil {
+			errs = append(errs, err)
+			st := &resourceState{failed: failure(version, c, err)}
+			if old != nil && cur[name] != nil {
+				// Keep the last good cluster.
+				next[name] = cur[name]
+				st.version, st.raw, st.updated = old.version, old.raw, old.updated
+			}
+			states[name] = st
+			continue
+		}
+		next[name] = u
+		states[name] = &resourceState{version: version, raw: c, updated: time.Now()}
+	}
+	p.clusters.Store(&next)
+	p.clusterStates = states
+	for name, u := range cur {
+		if next[name] != u {
+			// In-flight requests keep their transport; idle pooled
+			// connections of a replaced or removed cluster close.
+			u.closeIdle()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// accepted records an accepted response of a type.
+func (p *Proxy) accepted(typeURL, version string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.versions[typeURL] = version
+	p.acked[typeURL] = true
+	p.metrics.configVersion.DeletePartialMatch(map[string]string{"type": shortType(typeURL)})
+	p.metrics.configVersion.WithLabelValues(shortType(typeURL), version).Set(1)
+	p.updateReadyLocked()
+}
+
+// updateReadyLocked: ready once LDS and CDS were accepted and no listener
+// warms; it stays ready after (as Envoy's /ready).
+func (p *Proxy) updateReadyLocked() {
+	if p.ready.Load() || !p.acked[typeListener] || !p.acked[typeCluster] {
+		return
+	}
+	for _, st := range p.listeners {
+		if st.rt != nil && st.rt.warming() {
+			return
+		}
+	}
+	p.ready.Store(true)
+	p.log.Info("ready: first configuration applied")
+}
+
+func shortType(typeURL string) string {
+	switch typeURL {
+	case typeListener:
+		return "lds"
+	case typeCluster:
+		return "cds"
+	case typeRoute:
+		return "rds"
+	}
+	return typeURL
+}

@@ -1,0 +1,412 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+)
+
+// listenerRuntime owns one listening socket. Its accept loop picks a
+// filter chain per connection and hands the connection to the HTTP server
+// of the chain's profile; requests look up the active configuration again
+// (see doc.go, "Configuration changes").
+//
+// Lock order: Proxy.mu, then listenerRuntime.mu.
+type listenerRuntime struct {
+	p      *Proxy
+	name   string
+	socket socketKey
+	cfg    atomic.Pointer[listenerConfig] // active; nil while the first config warms
+
+	mu       sync.Mutex
+	socks    map[bindAddr]net.Listener
+	order    []bindAddr
+	pending  *listenerConfig // warming: waits for its route configurations
+	servers  map[serverProfile]*profileServer
+	started  bool
+	draining bool
+
+	acceptWG sync.WaitGroup
+}
+
+// profileServer is an HTTP server fed with the connections of one
+// profile through a channel listener.
+type profileServer struct {
+	srv   *http.Server
+	ln    *chanListener
+	done  chan struct{} // closed when Serve returned
+	drain sync.Once
+}
+
+func (p *Proxy) newListenerRuntime(lc *listenerConfig) (*listenerRuntime, error) {
+	lr := &listenerRuntime{p: p, name: lc.name, socket: lc.socket, servers: map[serverProfile]*profileServer{}, socks: map[bindAddr]net.Listener{}}
+	if err := lr.setAddrs(lc); err != nil {
+		return nil, err
+	}
+	return lr, nil
+}
+
+// setAddrs opens the sockets of addresses new in lc and closes those it
+// no longer has (their connections carry on); all or nothing.
+func (lr *listenerRuntime) setAddrs(lc *listenerConfig) error {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	opts := lc.socket.sockopts(lc.extraOpts)
+	lcfg := net.ListenConfig{}
+	if len(opts) > 0 {
+		lcfg.Control = func(network, _ string, c syscall.RawConn) error { return applySockopts(c, network, opts) }
+	}
+	want := map[bindAddr]bool{}
+	opened := map[bindAddr]net.Listener{}
+	for _, b := range lc.addrs {
+		want[b] = true
+		if lr.socks[b] != nil {
+			continue
+		}
+		ln, err := lcfg.Listen(context.Background(), b.network(), b.ap.String())
+		if err != nil {
+			for _, l := range opened {
+				_ = l.Close()
+			}
+			var oe *net.OpError
+			if errors.As(err, &oe) {
+				err = oe.Err // it repeats the address
+			}
+			return fmt.Errorf("listener %q: listen on %s: %w", lc.name, b.ap, err)
+		}
+		opened[b] = ln
+	}
+	for b, ln := range lr.socks {
+		if !want[b] {
+			_ = ln.Close()
+			delete(lr.socks, b)
+		}
+	}
+	for b, ln := range opened {
+		lr.socks[b] = ln
+		if lr.started {
+			lr.acceptWG.Go(func() { lr.acceptLoop(ln) })
+		}
+	}
+	lr.order = slices.Clone(lc.addrs)
+	return nil
+}
+
+func (lr *listenerRuntime) overlaps(addrs []bindAddr) bool {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	for b := range lr.socks {
+		for _, a := range addrs {
+			if a.overlaps(b) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Addr is the bound address of the listener's first address (useful when
+// the config asked for port 0).
+func (lr *listenerRuntime) Addr() netip.AddrPort {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	return lr.socks[lr.order[0]].Addr().(*net.TCPAddr).AddrPort()
+}
+
+// update installs lc now when its route configurations are known, else
+// keeps it warming (the previous config, if any, keeps serving: Envoy's
+// listener warming).
+func (lr *listenerRuntime) update(lc *listenerConfig, routes map[string]*routeTable) {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	if warm(lc, routes) {
+		lr.pending = nil
+		lr.activateLocked(lc)
+		return
+	}
+	lr.pending = lc
+}
+
+// promote activates a warming config whose routes have arrived.
+func (lr *listenerRuntime) promote(routes map[string]*routeTable) {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	if lr.pending != nil && warm(lr.pending, routes) {
+		lc := lr.pending
+		lr.pending = nil
+		lr.activateLocked(lc)
+	}
+}
+
+func (lr *listenerRuntime) warming() bool {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	return lr.pending != nil
+}
+
+func warm(lc *listenerConfig, routes map[string]*routeTable) bool {
+	for _, n := range lc.rdsNames {
+		if routes[n] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+var configGen atomic.Uint64
+
+func (lr *listenerRuntime) activateLocked(lc *listenerConfig) {
+	lc.gen = configGen.Add(1)
+	lr.cfg.Store(lc)
+	// Servers of profiles the new config no longer has drain: their
+	// in-flight requests finish, idle keep-alive connections close.
+	used := map[serverProfile]bool{}
+	for _, c := range append(lc.chains, lc.defaultChain) {
+		if c != nil {
+			used[c.hcm.profile] = true
+		}
+	}
+	for prof, s := range lr.servers {
+		if !used[prof] {
+			delete(lr.servers, prof)
+			go lr.p.drainServer(s)
+		}
+	}
+	if !lr.started {
+		lr.started = true
+		for _, ln := range lr.socks {
+			lr.acceptWG.Go(func() { lr.acceptLoop(ln) })
+		}
+	}
+}
+
+// drain stops accepting and lets every connection finish its requests.
+func (lr *listenerRuntime) drain() {
+	lr.mu.Lock()
+	lr.draining = true
+	started := lr.started
+	servers := lr.servers
+	lr.servers = map[serverProfile]*profileServer{}
+	lr.mu.Unlock()
+	lr.mu.Lock()
+	for _, ln := range lr.socks {
+		_ = ln.Close()
+	}
+	lr.mu.Unlock()
+	if started {
+		lr.acceptWG.Wait()
+	}
+	for _, s := range servers {
+		go lr.p.drainServer(s)
+	}
+}
+
+func (p *Proxy) drainServer(s *profileServer) {
+	s.drain.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+		defer cancel()
+		if err := s.srv.Shutdown(ctx); err != nil {
+			_ = s.srv.Close()
+		}
+	})
+}
+
+func (lr *listenerRuntime) acceptLoop(ln net.Listener) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// EMFILE and friends: back off as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			lr.p.log.Warn("accept", "listener", lr.name, "err", err, "retry", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		lr.dispatch(c)
+	}
+}
+
+// dispatch chooses the connection's filter chain; none: reset (fail
+// closed) and count.
+func (lr *listenerRuntime) dispatch(c net.Conn) {
+	lc := lr.cfg.Load()
+	ci := newConnInfo(lr, c, lc.origDstFilter)
+	lr.p.metrics.downstreamCx.WithLabelValues(lr.name).Inc()
+	fc := lc.selectChain(ci.origDst, ci.remote)
+	if fc == nil {
+		lr.p.metrics.noFilterChain.WithLabelValues(lr.name).Inc()
+		lr.p.log.Debug("no filter chain matches: connection reset", "listener", lr.name, "remote", ci.remote, "dst", ci.origDst)
+		resetClose(c)
+		return
+	}
+	ci.cache.Store(&chainChoice{gen: lc.gen, chain: fc})
+	dc := &downConn{Conn: c, info: ci}
+	for {
+		s := lr.server(fc.hcm.profile)
+		if s == nil { // draining
+			resetClose(c)
+			return
+		}
+		select {
+		case s.ln.ch <- dc:
+			return
+		case <-s.ln.closed:
+			// Drained between lookup and hand-off: ask again.
+		}
+	}
+}
+
+func (lr *listenerRuntime) server(prof serverProfile) *profileServer {
+	lr.mu.Lock()
+	defer lr.mu.Unlock()
+	if lr.draining {
+		return nil
+	}
+	if s := lr.servers[prof]; s != nil {
+		return s
+	}
+	s := &profileServer{ln: newChanListener(lr.socks[lr.order[0]].Addr()), done: make(chan struct{})}
+	s.srv = &http.Server{
+		Handler:           lr,
+		IdleTimeout:       prof.idleTimeout,
+		ReadHeaderTimeout: prof.headersTimeout,
+		// The per-request check in ServeHTTP applies the exact limit; the
+		// server's own bound (HTTP/1 adds 4 KiB to it) stops the read.
+		MaxHeaderBytes: prof.maxHeaderBytes,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c.(*downConn).info)
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				lr.p.metrics.downstreamCxActive.WithLabelValues(lr.name).Inc()
+			case http.StateClosed, http.StateHijacked:
+				lr.p.metrics.downstreamCxActive.WithLabelValues(lr.name).Dec()
+			}
+		},
+		ErrorLog: log.New(io.Discard, "", 0),
+	}
+	var protos http.Protocols
+	switch prof.codec {
+	case hcm.HttpConnectionManager_HTTP1:
+		protos.SetHTTP1(true)
+	case hcm.HttpConnectionManager_HTTP2:
+		protos.SetUnencryptedHTTP2(true)
+	default:
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true)
+	}
+	s.srv.Protocols = &protos
+	if prof.idleTimeout == 0 {
+		// Envoy: 0 disables the idle timeout; net/http would fall back
+		// to ReadTimeout (0: none) too.
+		s.srv.IdleTimeout = 0
+	}
+	go func() {
+		defer close(s.done)
+		_ = s.srv.Serve(s.ln)
+	}()
+	lr.servers[prof] = s
+	return s
+}
+
+// connInfo is what the proxy knows about a downstream connection.
+type connInfo struct {
+	lr       *listenerRuntime
+	remote   netip.AddrPort
+	local    netip.AddrPort // the accepted socket's local address
+	origDst  netip.AddrPort // the original destination
+	restored bool           // origDst is not simply the listener's own address
+	cache    atomic.Pointer[chainChoice]
+}
+
+type chainChoice struct {
+	gen   uint64
+	chain *filterChain
+}
+
+type connKey struct{}
+
+func newConnInfo(lr *listenerRuntime, c net.Conn, origDstFilter bool) *connInfo {
+	ci := &connInfo{lr: lr, remote: unmap(c.RemoteAddr()), local: unmap(c.LocalAddr())}
+	ci.origDst = ci.local
+	// With IP_TRANSPARENT (TPROXY, bpf_sk_assign) the accepted socket's
+	// local address is the destination the client dialed.
+	ci.restored = lr.socket.transparent
+	if origDstFilter {
+		if od, ok := originalDst(c); ok && od != ci.local {
+			ci.origDst, ci.restored = od, true
+		}
+	}
+	return ci
+}
+
+func unmap(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// chain returns the connection's filter chain under the active config,
+// choosing again only when the config changed.
+func (ci *connInfo) chain(lc *listenerConfig) *filterChain {
+	if cc := ci.cache.Load(); cc != nil && cc.gen == lc.gen {
+		return cc.chain
+	}
+	fc := lc.selectChain(ci.origDst, ci.remote)
+	ci.cache.Store(&chainChoice{gen: lc.gen, chain: fc})
+	return fc
+}
+
+// downConn carries the connInfo into the HTTP server.
+type downConn struct {
+	net.Conn
+	info *connInfo
+}
+
+// chanListener is a net.Listener fed by the accept loop.
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }
