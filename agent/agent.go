@@ -32,9 +32,10 @@ type Agent struct {
 	mu       sync.Mutex // guards everything below
 	engine   *policy.Engine
 	applied  applied
-	local    map[string]*localEndpoint // "ns/pod" → endpoint of this node
-	ids      map[netip.Addr]uint32     // endpoint IDs by address, kept across restarts
-	attached map[string]error          // interface → attach result
+	local    map[string]*localEndpoint       // "ns/pod" → endpoint of this node
+	byAddr   map[netip.Addr]*policy.Endpoint // every pod by address, to name flow events
+	ids      map[netip.Addr]uint32           // endpoint IDs by address, kept across restarts
+	attached map[string]error                // interface → attach result
 	status   Status
 }
 
@@ -141,31 +142,13 @@ func (a *Agent) recordEvent(e FlowEvent) {
 	a.mu.Lock()
 	for _, p := range []*Peer{&e.Src, &e.Dst} {
 		if addr, err := netip.ParseAddr(p.IP); err == nil {
-			for _, le := range a.local {
-				if le.addr == addr {
-					p.Namespace, p.Pod = le.ep.Namespace, le.ep.Name
-				}
-			}
-			if p.Pod == "" {
-				if ep := a.engineEndpointByAddr(addr); ep != nil {
-					p.Namespace, p.Pod = ep.Namespace, ep.Name
-				}
+			if ep := a.byAddr[addr]; ep != nil {
+				p.Namespace, p.Pod = ep.Namespace, ep.Name
 			}
 		}
 	}
 	a.mu.Unlock()
 	a.events.add(e)
-}
-
-func (a *Agent) engineEndpointByAddr(addr netip.Addr) *policy.Endpoint {
-	for _, ep := range a.engine.Endpoints() {
-		for _, x := range ep.Addrs {
-			if x == addr {
-				return ep
-			}
-		}
-	}
-	return nil
 }
 
 func jsonOf(v any) string {
@@ -297,7 +280,14 @@ func (a *Agent) program() {
 	}
 	// 1. Tables of local endpoints, swapped whole.
 	wanted := map[string]*localEndpoint{}
-	for _, ep := range a.engine.Endpoints() {
+	all := a.engine.Endpoints()
+	a.byAddr = make(map[netip.Addr]*policy.Endpoint, len(all))
+	for _, ep := range all {
+		for _, addr := range ep.Addrs {
+			a.byAddr[addr] = ep
+		}
+	}
+	for _, ep := range all {
 		if ep.Node != a.cfg.NodeName || len(ep.Addrs) == 0 {
 			continue
 		}
