@@ -33,6 +33,9 @@ commands:
            one request; one JSON line with the status; exit 0 when a response
            arrived (and had the expected status, if given)
   rr       --to IP:PORT [--duration 5s] [--conns 1]    TCP request/response rate, JSON {rps, p50_us, p99_us}
+  crr      --to IP:PORT [--duration 5s] [--conns 1] [--timeout 1s] [--reset]
+           a new TCP connection per request (connect, request, echo, close);
+           JSON {rps, p50_us, p99_us}: connections/s, latency without the close
   bulk     --to IP:PORT [--duration 5s]                TCP throughput, JSON {bits_per_s}
 `
 
@@ -143,6 +146,30 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return ExitUsage
 		}
 		res := RR(ctx, cfg)
+		printJSON(res)
+		if !res.OK {
+			return ExitFailed
+		}
+		return ExitOK
+	case "crr":
+		cfg := CRRConfig{Duration: 5 * time.Second, Conns: 1, Timeout: time.Second}
+		fs.StringVar(&cfg.To, "to", "", "echo server `IP:PORT` (an rr or tcp port)")
+		fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "how long to run")
+		fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "parallel workers, each one connection at a time")
+		fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "for one connection's exchange")
+		fs.BoolVar(&cfg.Reset, "reset", false, "close with RST (no TIME_WAIT left on the client)")
+		if !parse() {
+			return ExitUsage
+		}
+		err := checkRun(cfg.To, cfg.Duration, cfg.Conns)
+		if cfg.Timeout <= 0 || cfg.Timeout > MaxTimeout {
+			err = errors.Join(err, fmt.Errorf("timeout %s: want (0, %s]", cfg.Timeout, MaxTimeout))
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "crr: %v\n", err)
+			return ExitUsage
+		}
+		res := CRR(ctx, cfg)
 		printJSON(res)
 		if !res.OK {
 			return ExitFailed
