@@ -465,7 +465,10 @@ static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 dir,
 	e->pad[0] = 0;
 	e->pad[1] = 0;
 	e->pad[2] = 0;
-	bpf_ringbuf_submit(e, 0);
+	/* No wakeup: a wakeup per new connection costs the agent a context
+	 * switch per connection (measured: 0.65x the new-connection rate).
+	 * The reader polls the ring instead (see ReadEvents). */
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 /* ---- conntrack ---- */

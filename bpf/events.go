@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"time"
 
@@ -169,7 +170,14 @@ func (d *Datapath) ReadEvents(ctx context.Context, fn func(FlowEvent)) error {
 	defer rd.Close()
 	var rec ringbuf.Record
 	for {
+		// The programs submit events without waking the reader, so it
+		// polls: at most EventPoll of delay, one wakeup per poll however
+		// many connections open.
+		rd.SetDeadline(time.Now().Add(EventPoll))
 		if err := rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -185,6 +193,9 @@ func (d *Datapath) ReadEvents(ctx context.Context, fn func(FlowEvent)) error {
 		fn(e)
 	}
 }
+
+// EventPoll is how often ReadEvents looks for new events.
+const EventPoll = 50 * time.Millisecond
 
 // Counter counts the packets of one direction and reason, over all CPUs,
 // since the counters map was created.
