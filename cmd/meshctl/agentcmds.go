@@ -69,6 +69,18 @@ func (f *agentFlags) dial() (*agent.Client, error) {
 	return agent.Dial(path)
 }
 
+// call dials the agent and runs fn with a context bounded by --timeout.
+func (f *agentFlags) call(parent context.Context, fn func(context.Context, *agent.Client) error) error {
+	cl, err := f.dial()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(parent, f.timeout)
+	defer cancel()
+	return fn(ctx, cl)
+}
+
 func newStatusCmd() *cobra.Command {
 	var f agentFlags
 	c := &cobra.Command{
@@ -82,21 +94,16 @@ counters by direction, verdict and reason.`,
   meshctl status --socket /run/nodemesh/node-1/agent.sock -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cl, err := f.dial()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), f.timeout)
-			defer cancel()
-			st, err := cl.Status(ctx)
-			if err != nil {
-				return fmt.Errorf("ask the agent: %w", err)
-			}
-			if f.output == "json" {
-				return writeJSON(c.OutOrStdout(), st)
-			}
-			return printStatus(c.OutOrStdout(), st)
+			return f.call(c.Context(), func(ctx context.Context, cl *agent.Client) error {
+				st, err := cl.Status(ctx)
+				if err != nil {
+					return fmt.Errorf("ask the agent: %w", err)
+				}
+				if f.output == "json" {
+					return writeJSON(c.OutOrStdout(), st)
+				}
+				return printStatus(c.OutOrStdout(), st)
+			})
 		},
 	}
 	f.bind(c)
@@ -148,27 +155,22 @@ waiting-for-interface, error), whether ingress and egress are enforced
   meshctl endpoints --node node-1 -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			cl, err := f.dial()
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), f.timeout)
-			defer cancel()
-			eps, err := cl.Endpoints(ctx)
-			if err != nil {
-				return fmt.Errorf("ask the agent: %w", err)
-			}
-			if f.output == "json" {
-				return writeJSON(c.OutOrStdout(), eps)
-			}
-			tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tPOD\tIP\tIDENTITY\tINTERFACE\tSTATE\tINGRESS\tEGRESS\tENTRIES")
-			for _, e := range eps.Endpoints {
-				fmt.Fprintf(tw, "%d\t%s/%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\n", e.ID, e.Namespace, e.Name, e.IP, e.Identity, e.Interface, e.State,
-					enforcement(e.IngressEnforced, e.IngressPolicies), enforcement(e.EgressEnforced, e.EgressPolicies), e.PolicyEntries)
-			}
-			return tw.Flush()
+			return f.call(c.Context(), func(ctx context.Context, cl *agent.Client) error {
+				eps, err := cl.Endpoints(ctx)
+				if err != nil {
+					return fmt.Errorf("ask the agent: %w", err)
+				}
+				if f.output == "json" {
+					return writeJSON(c.OutOrStdout(), eps)
+				}
+				tw := tabwriter.NewWriter(c.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tPOD\tIP\tIDENTITY\tINTERFACE\tSTATE\tINGRESS\tEGRESS\tENTRIES")
+				for _, e := range eps.Endpoints {
+					fmt.Fprintf(tw, "%d\t%s/%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\n", e.ID, e.Namespace, e.Name, e.IP, e.Identity, e.Interface, e.State,
+						enforcement(e.IngressEnforced, e.IngressPolicies), enforcement(e.EgressEnforced, e.EgressPolicies), e.PolicyEntries)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	f.bind(c)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/nodemesh/nodemesh/agent"
 	"github.com/nodemesh/nodemesh/xds"
 )
 
@@ -49,14 +50,11 @@ resource's version and whether the proxy acknowledged (ACKED) or rejected
 			if out == "yaml" {
 				f.output = "json" // dial checks text/json only
 			}
-			cl, err := f.dial()
-			if err != nil {
+			var cfg *agent.EnvoyConfig
+			err := f.call(c.Context(), func(ctx context.Context, cl *agent.Client) (err error) {
+				cfg, err = cl.EnvoyConfig(ctx, typ)
 				return err
-			}
-			defer cl.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), f.timeout)
-			defer cancel()
-			cfg, err := cl.EnvoyConfig(ctx, typ)
+			})
 			if err != nil {
 				return fmt.Errorf("ask the agent: %w", err)
 			}

@@ -16,34 +16,6 @@ import (
 	"github.com/nodemesh/nodemesh/tests/vcluster"
 )
 
-// l4Policies are the seed policies at L3/L4: seed 004 (backend accepts
-// frontend on TCP 80), the egress rule its prose asks for, and seed 001's
-// zero-trust policy.
-const l4Policies = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: frontend-backend-policy, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
----
-apiVersion: nodemesh.io/v1
-kind: MeshNetworkPolicy
-metadata: {name: backend-no-egress, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  egress: [{}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: zero-trust, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {name: secret-pods}}
-  egress: [{toEndpoints: [{matchLabels: {name: secret-pods}}]}]
-  ingress: [{fromEndpoints: [{matchLabels: {name: secret-pods}}]}]
-`
-
 type request struct {
 	from, to string
 	port     int
@@ -88,7 +60,7 @@ func run() int {
 	}
 
 	step("applying the seed policies (L3/L4) to both agents")
-	took, err := h.SetPolicies(ctx, l4Policies)
+	took, err := h.SetPolicies(ctx, e2e.SeedPolicies)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
@@ -129,7 +101,7 @@ func run() int {
 	show(meshctl, "endpoints", "--socket", h.Socket("node-2"))
 
 	step("the L7 rule of seed 003 (GET /userdata/[0-9]+) needs the node proxy (issue 4)")
-	l7 := strings.Replace(l4Policies, `toPorts: [{ports: [{port: "80", protocol: TCP}]}]`,
+	l7 := strings.Replace(e2e.SeedPolicies, `toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "9000", protocol: TCP}]}]`,
 		`toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/userdata/[0-9]+"}]}}]`, 1)
 	if _, err := h.SetPolicies(ctx, l7); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)

@@ -52,7 +52,7 @@ func TestObservability(t *testing.T) {
 		t.Errorf("endpoints on node-2:\n%s", out)
 	}
 	out = run("status", "--socket", h.Socket("node-2"))
-	for _, want := range []string{`\(healthy\)`, `2 policies, 1 local endpoints`, `ingress\s+dropped\s+default-deny\s+[1-9]`, `conntrack\s+[1-9]`} {
+	for _, want := range []string{`\(healthy\)`, `3 policies, 1 local endpoints`, `ingress\s+dropped\s+default-deny\s+[1-9]`, `conntrack\s+[1-9]`} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("status on node-2 lacks %s:\n%s", want, out)
 		}

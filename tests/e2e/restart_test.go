@@ -15,24 +15,8 @@ import (
 	"github.com/nodemesh/nodemesh/tests/vcluster"
 )
 
-// seedPolicies: backend accepts only frontend on 80 and 9000, and starts
-// no connections.
-const seedPolicies = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: frontend-backend-policy, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "9000", protocol: TCP}]}]
----
-apiVersion: nodemesh.io/v1
-kind: MeshNetworkPolicy
-metadata: {name: backend-no-egress, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  egress: [{}]
-`
+// seedPolicies are the seed scenario's policies (e2e.SeedPolicies).
+const seedPolicies = e2e.SeedPolicies
 
 // seedCluster: frontend and other on node-1, backend on node-2.
 func seedCluster(t *testing.T) *e2e.Harness {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,15 +28,7 @@ type CRRConfig struct {
 // CRRResult is what crr prints as one JSON line. RPS counts completed
 // connections (one request each) per second; the latencies are of connect,
 // request and echo together, the close excluded.
-type CRRResult struct {
-	OK       bool    `json:"ok"`
-	RPS      float64 `json:"rps"`
-	P50us    int64   `json:"p50_us"`
-	P99us    int64   `json:"p99_us"`
-	Requests int64   `json:"requests"`
-	Errors   int64   `json:"errors"`
-	Error    string  `json:"error,omitempty"`
-}
+type CRRResult = RRResult
 
 // CRR runs the connect/request/response load. A failed connection is
 // counted and the worker goes on with the next one; the run is OK when at
@@ -106,17 +97,7 @@ func CRR(ctx context.Context, cfg CRRConfig) CRRResult {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	res.Requests, res.Errors = requests.Load(), errs.Load()
-	res.RPS = float64(res.Requests) / elapsed.Seconds()
-	if len(samples) > 0 {
-		slices.Sort(samples)
-		res.P50us = samples[len(samples)*50/100]
-		res.P99us = samples[min(len(samples)*99/100, len(samples)-1)]
-	}
-	if firstErr != nil {
-		res.Error = firstErr.Error()
-	}
-	res.OK = res.Requests > 0 && res.Errors == 0
+	res.summarize(requests.Load(), errs.Load(), elapsed, samples, firstErr)
 	return res
 }
 

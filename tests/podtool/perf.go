@@ -41,6 +41,22 @@ type RRResult struct {
 	Error    string  `json:"error,omitempty"`
 }
 
+// summarize fills in the result of a request/response run from its
+// counts, duration and latency samples (µs).
+func (res *RRResult) summarize(requests, errs int64, elapsed time.Duration, samples []int64, firstErr error) {
+	res.Requests, res.Errors = requests, errs
+	res.RPS = float64(res.Requests) / elapsed.Seconds()
+	if len(samples) > 0 {
+		slices.Sort(samples)
+		res.P50us = samples[len(samples)*50/100]
+		res.P99us = samples[min(len(samples)*99/100, len(samples)-1)]
+	}
+	if firstErr != nil {
+		res.Error = firstErr.Error()
+	}
+	res.OK = res.Requests > 0 && res.Errors == 0
+}
+
 func checkRun(to string, d time.Duration, conns int) error {
 	var errs []error
 	if _, _, err := net.SplitHostPort(to); err != nil {
@@ -99,17 +115,7 @@ func RR(ctx context.Context, cfg RRConfig) RRResult {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	res.Requests, res.Errors = requests.Load(), errs.Load()
-	res.RPS = float64(res.Requests) / elapsed.Seconds()
-	if len(samples) > 0 {
-		slices.Sort(samples)
-		res.P50us = samples[len(samples)*50/100]
-		res.P99us = samples[min(len(samples)*99/100, len(samples)-1)]
-	}
-	if firstErr != nil {
-		res.Error = firstErr.Error()
-	}
-	res.OK = res.Requests > 0 && res.Errors == 0
+	res.summarize(requests.Load(), errs.Load(), elapsed, samples, firstErr)
 	return res
 }
 
