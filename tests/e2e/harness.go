@@ -60,7 +60,7 @@ func AgentBinary() (string, error) {
 			build.err = fmt.Errorf("go env GOMOD: %w", err)
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", build.dir+"/", "./cmd/nodemesh-agent", "./cmd/meshctl")
+		cmd := exec.Command("go", "build", "-o", build.dir+"/", "./cmd/nodemesh-agent", "./cmd/meshctl", "./cmd/nodemesh-proxy")
 		cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 		if b, err := cmd.CombinedOutput(); err != nil {
 			build.err = fmt.Errorf("build nodemesh-agent and meshctl: %w: %s", err, b)
@@ -75,6 +75,27 @@ func MeshctlBinary() (string, error) {
 		return "", err
 	}
 	return filepath.Join(build.dir, "meshctl"), nil
+}
+
+// ProxyBinary returns the nodemesh-proxy AgentBinary built.
+func ProxyBinary() (string, error) {
+	if _, err := AgentBinary(); err != nil {
+		return "", err
+	}
+	return filepath.Join(build.dir, "nodemesh-proxy"), nil
+}
+
+// XDSSocket is the xDS socket of a node's agent.
+func (h *Harness) XDSSocket(node string) string { return filepath.Join(h.Dir, "run", node, "xds.sock") }
+
+// StartProxy starts nodemesh-proxy on a node, connected to its agent's xDS.
+func (h *Harness) StartProxy(ctx context.Context, node string) (*vcluster.Process, error) {
+	bin, err := ProxyBinary()
+	if err != nil {
+		return nil, err
+	}
+	return h.C.Node(node).Start(ctx, bin, "--node-id", node, "--xds-address", "unix://"+h.XDSSocket(node),
+		"--admin-address", "127.0.0.1:15000")
 }
 
 // RemoveBinaries deletes what AgentBinary built.
@@ -179,7 +200,7 @@ func (h *Harness) StartAgent(ctx context.Context, node string) error {
 	proc, err := n.Start(context.Background(), h.agentBin, "--node-name", node,
 		"--world", filepath.Join(h.Dir, "world.yaml"), "--policies", filepath.Join(h.Dir, "policies"),
 		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:"+h.MetricsSocket(node),
-		"--xds-socket", filepath.Join(h.Dir, "run", node, "xds.sock"), "--resync", "1s")
+		"--xds-socket", h.XDSSocket(node), "--resync", "1s")
 	if err != nil {
 		return err
 	}
