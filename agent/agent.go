@@ -125,10 +125,19 @@ func (a *Agent) attach(name string) {
 	if ok, _ := filepath.Match(a.cfg.InterfaceGlob, name); !ok {
 		return
 	}
-	err := a.dp.Attach(name)
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.attachLocked(name)
+}
+
+// attachLocked attaches the datapath to an interface unless it already is;
+// a.mu is held, so the interface watcher and program never race.
+func (a *Agent) attachLocked(name string) {
+	if err, done := a.attached[name]; done && err == nil {
+		return
+	}
+	err := a.dp.Attach(name)
 	a.attached[name] = err
-	a.mu.Unlock()
 	if err != nil {
 		a.metrics.attachFailures.Inc()
 		a.log.Error("attach failed: traffic of this interface is not enforced", "interface", name, "err", err)
@@ -333,6 +342,12 @@ func (a *Agent) program() {
 			le.state, le.err = "waiting-for-interface", err
 			continue
 		}
+		// Programs first: an attached veth without an endpoint entry drops.
+		a.attachLocked(name)
+		if err := a.attached[name]; err != nil {
+			le.state, le.err = "error", err
+			continue
+		}
 		if old == nil || old.ifindex != index || old.ident != le.ident || old.state != "ready" {
 			if err := a.dp.SetEndpoint(le.addr, le.id, uint32(index), le.ident); err != nil {
 				fail("endpoint "+key, err)
@@ -341,9 +356,6 @@ func (a *Agent) program() {
 			}
 		}
 		le.ifname, le.ifindex, le.state, le.err = name, index, "ready", nil
-		if _, done := a.attached[name]; !done {
-			a.attached[name] = a.dp.Attach(name)
-		}
 	}
 	// 4. Endpoints that left this node.
 	for key, le := range a.local {

@@ -89,8 +89,8 @@ func TestApplyOrderAndIncrementalUpdates(t *testing.T) {
 	a.Apply(snapshot(t, 1, backendPolicy))
 	calls := dp.TakeCalls()
 	// Tables first, then the ipcache, then the endpoint entries.
-	if p, c, e := index(calls, "SetPolicy"), index(calls, "SyncIPCache"), index(calls, "SetEndpoint"); !(p >= 0 && p < c && c < e) {
-		t.Fatalf("programming order wrong: %v", calls)
+	if p, c, at, e := index(calls, "SetPolicy"), index(calls, "SyncIPCache"), index(calls, "Attach"), index(calls, "SetEndpoint"); !(p >= 0 && p < c && c < at && at < e) {
+		t.Fatalf("programming order wrong (want tables, ipcache, attach, endpoint): %v", calls)
 	}
 	if len(dp.EPs) != 2 {
 		t.Fatalf("local endpoints programmed: %v (want frontend and other only: backend is on node-2)", dp.EPs)
