@@ -24,7 +24,17 @@ type Config struct {
 	// PinDir is the bpffs directory holding this node's maps and links
 	// (maps by name, links under tcx/<interface>/). One directory per node.
 	PinDir string
+	// Hook says how programs attach to interfaces: HookAuto (tcx links,
+	// or tc clsact filters on kernels without tcx), HookTCX or HookTC.
+	Hook string
 }
+
+// Hook modes.
+const (
+	HookAuto = ""
+	HookTCX  = "tcx"
+	HookTC   = "tc"
+)
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -43,6 +53,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("pin dir %q: must be an absolute path", c.PinDir))
 	case filepath.Clean(c.PinDir) == "/":
 		errs = append(errs, errors.New("pin dir must not be /"))
+	}
+	switch c.Hook {
+	case HookAuto, HookTCX, HookTC:
+	default:
+		errs = append(errs, fmt.Errorf("hook %q: use tcx, tc or leave it empty (tcx where the kernel has it, tc otherwise)", c.Hook))
 	}
 	return errors.Join(errs...)
 }
@@ -72,6 +87,8 @@ type Datapath struct {
 
 	// mu serializes changes that read then write (links, ipcache sync).
 	mu sync.Mutex
+	// tc: attach with tc clsact filters (Config.Hook, or no tcx here).
+	tc bool
 }
 
 // objects are the programs and maps of datapath.c, loaded.

@@ -59,7 +59,10 @@
 //     or a drop, emit a flow event.
 //
 // The programs return TC_ACT_OK or TC_ACT_SHOT and are attached first on
-// their tcx hooks.
+// their tcx hooks. On kernels without tcx (before 6.6), or with
+// Config.Hook = HookTC, they are attached as direct-action tc filters on
+// the interface's clsact qdisc instead; a filter holds its program as a
+// pinned link does, and replacing it switches programs atomically.
 //
 // # Maps
 //

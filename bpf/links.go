@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // linksDir holds one directory per interface under the pin dir, with the
@@ -52,9 +54,23 @@ func (d *Datapath) Attach(ifname string) error {
 	if err := os.MkdirAll(filepath.Join(d.cfg.PinDir, linksDir, ifname), 0o700); err != nil {
 		return fmt.Errorf("attach %s: %w", ifname, err)
 	}
+	if d.tc || d.cfg.Hook == HookTC {
+		return d.attachTC(ifname, iface.Index)
+	}
+	err = d.attachTCX(ifname, iface.Index)
+	var missing *MissingFeatureError
+	if errors.As(err, &missing) && d.cfg.Hook == HookAuto {
+		d.tc = true // no tcx on this kernel: tc clsact filters from now on
+		return d.attachTC(ifname, iface.Index)
+	}
+	return err
+}
+
+// attachTCX attaches both programs as pinned tcx links.
+func (d *Datapath) attachTCX(ifname string, ifindex int) error {
 	var created []link.Link
 	for _, h := range hooks {
-		l, err := d.attachOne(ifname, iface.Index, h)
+		l, err := d.attachOne(ifname, ifindex, h)
 		if err != nil {
 			for _, c := range created { // both or neither
 				_ = c.Unpin()
@@ -143,12 +159,65 @@ func sameProgram(a, b *ebpf.Program) (bool, error) {
 	return ai.Tag == bi.Tag && ai.Type == bi.Type && slices.Equal(am, bm), nil
 }
 
+// attachTC attaches both programs as tc filters (direct action) on the
+// interface's clsact qdisc, for kernels without tcx. A filter holds its
+// program like a pinned link does, so enforcement outlives the process;
+// replacing the filter switches programs atomically. The interface's
+// directory under tcx/ (empty) records the attachment.
+func (d *Datapath) attachTC(ifname string, ifindex int) error {
+	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("attach %s: clsact qdisc: %w", ifname, err)
+	}
+	for _, h := range hooks {
+		if err := netlink.FilterReplace(tcFilter(ifindex, h, d.program(h))); err != nil {
+			return fmt.Errorf("attach %s %s: tc filter: %w", h.name, ifname, err)
+		}
+	}
+	return nil
+}
+
+func tcFilter(ifindex int, h hook, prog *ebpf.Program) *netlink.BpfFilter {
+	parent := uint32(netlink.HANDLE_MIN_INGRESS)
+	if h.attach == ebpf.AttachTCXEgress {
+		parent = netlink.HANDLE_MIN_EGRESS
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: parent, Handle: netlink.MakeHandle(0, 1),
+			Protocol: unix.ETH_P_ALL, Priority: 1},
+		Name: "nodemesh_" + h.name, DirectAction: true,
+	}
+	if prog != nil {
+		f.Fd = prog.FD()
+	}
+	return f
+}
+
+// detachTC removes the programs' tc filters from an interface, if any.
+func detachTC(ifname string) error {
+	iface, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil // gone, and its filters with it
+	}
+	var errs []error
+	for _, h := range hooks {
+		if err := netlink.FilterDel(tcFilter(iface.Index, h, nil)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("detach %s %s: tc filter: %w", h.name, ifname, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Detach detaches both programs from an interface and unpins their links.
 // Detaching an interface that is not attached is not an error.
 func (d *Datapath) Detach(ifname string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
+	if d.tc || d.cfg.Hook == HookTC {
+		errs = append(errs, detachTC(ifname))
+	}
 	for _, h := range hooks {
 		pin := d.linkPin(ifname, h)
 		l, err := link.LoadPinnedLink(pin, nil)
@@ -209,11 +278,13 @@ func (d *Datapath) adoptLinks() error {
 		return err
 	}
 	for _, name := range ifaces {
+		pinned := 0
 		for _, h := range hooks {
 			l, err := link.LoadPinnedLink(d.linkPin(name, h), nil)
 			if errors.Is(err, os.ErrNotExist) {
 				continue
 			}
+			pinned++
 			if err != nil {
 				return fmt.Errorf("adopt link %s %s: %w", h.name, name, err)
 			}
@@ -224,6 +295,18 @@ func (d *Datapath) adoptLinks() error {
 			l.Close()
 			if err != nil {
 				return fmt.Errorf("adopt link %s %s: %w", h.name, name, err)
+			}
+		}
+		if pinned > 0 || d.cfg.Hook == HookTCX {
+			continue
+		}
+		// Attached with tc filters by a previous process: switch them to
+		// this process's programs (if the interface is in this namespace;
+		// otherwise Attach does it).
+		d.tc = true
+		if iface, err := net.InterfaceByName(name); err == nil {
+			if err := d.attachTC(name, iface.Index); err != nil {
+				return fmt.Errorf("adopt tc filters of %s: %w", name, err)
 			}
 		}
 	}

@@ -30,6 +30,7 @@ func main() {
 func newCmd() *cobra.Command {
 	var cfg agent.Config
 	var debug bool
+	var hook string
 	c := &cobra.Command{
 		Use:   "nodemesh-agent --node-name NODE --world PATH --policies PATH",
 		Short: "Enforce Nodemesh policy for the pods of one node",
@@ -65,7 +66,7 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
-			dp, err := bpf.Open(bpf.Config{PinDir: cfg.PinDir})
+			dp, err := bpf.Open(bpf.Config{PinDir: cfg.PinDir, Hook: hook})
 			if err != nil {
 				return fmt.Errorf("open the eBPF datapath: %w", err)
 			}
@@ -82,5 +83,6 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 	}
 	cfg.BindFlags(c.Flags())
 	c.Flags().BoolVar(&debug, "debug", false, "log at debug level")
+	c.Flags().StringVar(&hook, "bpf-hook", "", "attach the programs with tcx links or tc clsact filters: tcx, tc, or empty for tcx where the kernel has it (6.6+) and tc otherwise")
 	return c
 }
