@@ -82,7 +82,8 @@ func New(cfg Config, version string, src Source, dp Datapath, links Links, log *
 	}
 	a.metrics = newMetrics(a)
 	a.xds = xds.NewServer(log, a.metrics.reg)
-	a.status = Status{Node: cfg.NodeName, Version: version, Mode: "standalone"}
+	a.status = Status{Node: cfg.NodeName, Version: version, Mode: "standalone",
+		Source: fmt.Sprintf("world %v, policies %v", cfg.WorldPaths, cfg.PolicyPaths)}
 	return a, nil
 }
 

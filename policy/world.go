@@ -31,8 +31,8 @@ type Endpoint struct {
 // Key is "namespace/name".
 func (e *Endpoint) Key() string { return e.Namespace + "/" + e.Name }
 
-// resolveNamedPort finds the numeric port a name stands for on this
-// endpoint for protocol proto (ProtoAny: any protocol).
+// lookupNamedPort lists the ports this endpoint declares under name for
+// protocol proto (ProtoAny: any protocol).
 func (e *Endpoint) lookupNamedPort(name string, proto Proto) []NamedPort {
 	var out []NamedPort
 	for _, np := range e.NamedPorts {

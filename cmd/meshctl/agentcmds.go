@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -23,16 +24,21 @@ import (
 	"github.com/nodemesh/nodemesh/agent"
 )
 
-// agentFlags select the agent to talk to.
+// agentFlags select the agent to talk to and the output format.
 type agentFlags struct {
 	node, socket, output string
+	formats              []string // the output formats the command has; the first is the default
 	timeout              time.Duration
 }
 
-func (f *agentFlags) bind(c *cobra.Command) {
+func (f *agentFlags) bind(c *cobra.Command, formats ...string) {
+	if len(formats) == 0 {
+		formats = []string{"text", "json"}
+	}
+	f.formats = formats
 	c.Flags().StringVar(&f.node, "node", "", "the node whose agent to ask (its socket is /run/nodemesh/<node>/agent.sock)")
 	c.Flags().StringVar(&f.socket, "socket", "", "the agent's API socket (default: --node's, or the only agent on this machine)")
-	c.Flags().StringVarP(&f.output, "output", "o", "text", "output format: text or json")
+	c.Flags().StringVarP(&f.output, "output", "o", formats[0], "output format: "+strings.Join(formats, " or "))
 	c.Flags().DurationVar(&f.timeout, "timeout", 10*time.Second, "give up waiting for the agent after this long")
 }
 
@@ -59,8 +65,8 @@ func (f *agentFlags) socketPath() (string, error) {
 }
 
 func (f *agentFlags) dial() (*agent.Client, error) {
-	if f.output != "text" && f.output != "json" {
-		return nil, fmt.Errorf("--output %q: use text or json", f.output)
+	if !slices.Contains(f.formats, f.output) {
+		return nil, fmt.Errorf("--output %q: use %s", f.output, strings.Join(f.formats, " or "))
 	}
 	path, err := f.socketPath()
 	if err != nil {
@@ -117,7 +123,7 @@ func printStatus(w io.Writer, st *agent.Status) error {
 	}
 	fmt.Fprintf(w, "Node:        %s (%s)\n", st.Node, health)
 	fmt.Fprintf(w, "Agent:       %s, %s mode\n", st.Version, st.Mode)
-	fmt.Fprintf(w, "Input:       generation %d, read %s\n", st.Generation, st.LastLoad.Format(time.RFC3339))
+	fmt.Fprintf(w, "Input:       %s: generation %d, read %s\n", st.Source, st.Generation, st.LastLoad.Format(time.RFC3339))
 	if st.LastError != "" {
 		fmt.Fprintf(w, "Input error: the last input was refused; the previous state stays in force:\n  %s\n", strings.ReplaceAll(st.LastError, "\n", "\n  "))
 	}

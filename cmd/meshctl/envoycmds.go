@@ -46,10 +46,6 @@ resource's version and whether the proxy acknowledged (ACKED) or rejected
 			default:
 				return fmt.Errorf("--type %q: use listeners, routes, clusters or secrets", typ)
 			}
-			out := f.output
-			if out == "yaml" {
-				f.output = "json" // dial checks text/json only
-			}
 			var cfg *agent.EnvoyConfig
 			err := f.call(c.Context(), func(ctx context.Context, cl *agent.Client) (err error) {
 				cfg, err = cl.EnvoyConfig(ctx, typ)
@@ -58,7 +54,7 @@ resource's version and whether the proxy acknowledged (ACKED) or rejected
 			if err != nil {
 				return fmt.Errorf("ask the agent: %w", err)
 			}
-			if out == "yaml" {
+			if f.output == "yaml" {
 				var v any
 				if err := json.Unmarshal(cfg.ConfigDump, &v); err != nil {
 					return err
@@ -77,8 +73,7 @@ resource's version and whether the proxy acknowledged (ACKED) or rejected
 			return writeJSON(c.OutOrStdout(), v)
 		},
 	}
-	f.bind(c)
-	c.Flags().Lookup("output").Usage = "output format: json (text is json here) or yaml"
+	f.bind(c, "json", "yaml")
 	c.Flags().StringVar(&typ, "type", "", "only this resource type: listeners, routes, clusters or secrets")
 	return c
 }
