@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nodemesh/nodemesh/api"
+	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/policy"
 	"github.com/nodemesh/nodemesh/xds"
@@ -37,6 +38,10 @@ type Agent struct {
 	ids      map[netip.Addr]uint32           // endpoint IDs by address, kept across restarts
 	attached map[string]error                // interface → attach result
 	status   Status
+	// proxy is what redirect entries are programmed with: the proxy's
+	// ports once it has ACKed the configuration of the tables in force,
+	// zero (fail closed) before.
+	proxy bpf.ProxyPorts
 }
 
 // applied is the state last pushed into the engine, to diff the next
@@ -55,6 +60,7 @@ type localEndpoint struct {
 	id      uint32
 	ident   identity.NumericIdentity
 	table   *policy.Table
+	proxy   bpf.ProxyPorts // as table was programmed
 	ifname  string
 	ifindex int
 	state   string
@@ -103,8 +109,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if err := a.dp.SetupRedirect(); err != nil {
+		// L7-covered connections stay dropped (proxy-unavailable); the
+		// rest of the policy is enforced.
+		a.log.Error("L7 redirect unavailable", "err", err)
+		a.mu.Lock()
+		a.status.Problems = append(a.status.Problems, err.Error())
+		a.mu.Unlock()
+	}
 	run("api", func() error { return Serve(ctx, a.cfg.APISocket, a) })
 	run("xds", func() error { return a.xds.Serve(ctx, a.cfg.XDSSocket) })
+	run("proxy", func() error { a.followProxy(ctx); return nil })
 	if a.cfg.MetricsAddr != "" {
 		run("metrics", func() error { return a.metrics.serve(ctx, a.cfg.MetricsAddr) })
 	}
@@ -297,6 +312,18 @@ func (a *Agent) program() {
 			a.byAddr[addr] = ep
 		}
 	}
+	// The node proxy's configuration first: redirect entries send
+	// connections to it only once it has ACKed the configuration that
+	// serves them, until then they drop (fail closed).
+	a.proxy = bpf.ProxyPorts{}
+	if v, err := a.xds.SetNode(a.cfg.NodeName, xds.InputFromEngine(a.engine, a.cfg.NodeName, a.cfg.Proxy)); err != nil {
+		fail("proxy configuration", err)
+	} else {
+		a.status.ProxyConfig = v
+		if a.proxyAcked(v) {
+			a.proxy = bpf.ProxyPorts{Ingress: a.cfg.Proxy.InboundPort, Egress: a.cfg.Proxy.OutboundPort}
+		}
+	}
 	for _, ep := range all {
 		if ep.Node != a.cfg.NodeName || len(ep.Addrs) == 0 {
 			continue
@@ -309,23 +336,15 @@ func (a *Agent) program() {
 		le.ep = ep
 		wanted[key] = le
 		t, id, _ := a.engine.Table(key)
-		if t != le.table {
-			if err := a.dp.SetPolicy(le.id, t); err != nil {
+		if t != le.table || (le.proxy != a.proxy && hasRedirect(t)) {
+			if err := a.dp.SetPolicy(le.id, t, a.proxy); err != nil {
 				fail("policy of "+key, err)
 				le.state, le.err = "error", err
 				continue
 			}
-			le.table = t
+			le.table, le.proxy = t, a.proxy
 		}
 		le.ident = id
-	}
-	// The node proxy's configuration follows the tables. Redirected flows
-	// stay dropped by the datapath (fail closed) until redirection to an
-	// ACKed configuration exists (issue 4).
-	if v, err := a.xds.SetNode(a.cfg.NodeName, xds.InputFromEngine(a.engine, a.cfg.NodeName, a.cfg.Proxy)); err != nil {
-		fail("proxy configuration", err)
-	} else {
-		a.status.ProxyConfig = v
 	}
 	// 2. The ipcache, once every table that names a new identity is in.
 	if err := a.dp.SyncIPCache(a.engine.IPCache(a.cfg.NodeName)); err != nil {
@@ -527,4 +546,65 @@ func (a *Agent) EnvoyConfig(_ context.Context, req *EnvoyConfigRequest) (*EnvoyC
 		return nil, err
 	}
 	return &EnvoyConfig{ConfigDump: json.RawMessage(b)}, nil
+}
+
+// proxyWait bounds how long a change waits for the proxy's ACK before its
+// tables are programmed with redirects failing closed; followProxy turns
+// them on when the ACK comes.
+const proxyWait = 2 * time.Second
+
+// proxyAcked reports whether the node proxy has ACKed configuration version
+// v, waiting up to proxyWait for a connected proxy. a.mu is held: the xDS
+// server never calls into the agent, so the wait cannot deadlock.
+func (a *Agent) proxyAcked(v string) bool {
+	st := a.xds.Status(a.cfg.NodeName)
+	if st.Version == v && st.Acked {
+		return true
+	}
+	if st.Streams == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), proxyWait)
+	defer cancel()
+	err := a.xds.WaitAcked(ctx, a.cfg.NodeName, v)
+	if err != nil {
+		a.log.Warn("proxy has not acknowledged its configuration: L7-covered connections drop until it does", "version", v, "err", err)
+	}
+	return err == nil
+}
+
+// followProxy programs the proxy ports into the tables once the proxy ACKs
+// the configuration in force (it was down, slow, or restarted), until ctx
+// ends.
+func (a *Agent) followProxy(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		if a.proxy == (bpf.ProxyPorts{}) && a.status.ProxyConfig != "" {
+			st := a.xds.Status(a.cfg.NodeName)
+			if st.Version == a.status.ProxyConfig && st.Acked {
+				a.log.Info("proxy acknowledged its configuration: redirecting L7-covered connections to it", "version", st.Version)
+				a.program()
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
+// hasRedirect reports whether a table sends some connections to the proxy.
+func hasRedirect(t *policy.Table) bool {
+	for _, dt := range []*policy.DirTable{&t.Ingress, &t.Egress} {
+		for _, e := range dt.Entries() {
+			if e.Action == policy.ActionRedirect {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 
 	"github.com/nodemesh/nodemesh/bpf"
+	"github.com/nodemesh/nodemesh/redirect"
 )
 
 // BPFDatapath adapts the eBPF datapath (package bpf) to Datapath.
@@ -52,4 +55,21 @@ func (d BPFDatapath) MapUsage() ([]MapUsage, error) {
 		out = append(out, MapUsage{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
 	}
 	return out, nil
+}
+
+// SetupRedirect implements Datapath: the node's routes, rule and hairpin
+// (package redirect), then to_proxy on the hairpin and its index in the
+// datapath's config.
+func (d BPFDatapath) SetupRedirect() error {
+	n, err := redirect.Setup(redirect.Config{})
+	if err != nil {
+		return fmt.Errorf("set up the redirect to the proxy: %w", err)
+	}
+	for _, w := range n.Warnings {
+		slog.Warn(w)
+	}
+	if err := d.Datapath.AttachHairpin(n.NetLink); err != nil {
+		return fmt.Errorf("set up the redirect to the proxy: %w", err)
+	}
+	return d.Datapath.SetHairpin(n.HostIndex)
 }

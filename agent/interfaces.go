@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/nodemesh/nodemesh/api"
+	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/policy"
 )
@@ -17,7 +18,13 @@ type Datapath interface {
 	Detach(ifname string) error
 	SetEndpoint(addr netip.Addr, endpointID, ifindex uint32, id identity.NumericIdentity) error
 	DeleteEndpoint(addr netip.Addr) error
-	SetPolicy(endpointID uint32, t *policy.Table) error
+	// SetPolicy installs an endpoint's table; its redirect entries send
+	// connections to the proxy listeners of proxy, or drop them (fail
+	// closed) where a port is zero.
+	SetPolicy(endpointID uint32, t *policy.Table, proxy bpf.ProxyPorts) error
+	// SetupRedirect prepares the node for steering connections to the
+	// proxy (package redirect, and the hairpin program).
+	SetupRedirect() error
 	DeletePolicy(endpointID uint32) error
 	SyncIPCache(entries []policy.IPCacheEntry) error
 	ReadEvents(ctx context.Context, fn func(FlowEvent)) error

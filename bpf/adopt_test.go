@@ -254,7 +254,7 @@ func TestAdoption(t *testing.T) {
 	}
 	must("sync ipcache", d1.SyncIPCache(eng.IPCache("node-1")))
 	must("set endpoint", d1.SetEndpoint(v.podAddr, 1, uint32(v.ifindex), id))
-	must("set policy", d1.SetPolicy(1, tbl))
+	must("set policy", d1.SetPolicy(1, tbl, ProxyPorts{}))
 	if !v.delivered(t, 9001) {
 		t.Fatal("before attaching: the pod cannot reach its node (test setup)")
 	}
@@ -294,13 +294,13 @@ func TestAdoption(t *testing.T) {
 	if got := tcxState(t, v); got != links {
 		t.Fatalf("links after adoption %+v, before %+v: they must be the same links, never re-created", got, links)
 	}
-	must("policy change through the adopted maps", d2.SetPolicy(1, mustTable(t, adoptEngine(t, adoptPolicy(9000, 9001)), "default/client")))
+	must("policy change through the adopted maps", d2.SetPolicy(1, mustTable(t, adoptEngine(t, adoptPolicy(9000, 9001)), "default/client"), ProxyPorts{}))
 	check("adopted, policy changed", map[int]bool{9000: true, 9001: true, 9002: false})
 
 	// An older program on the links (simulated: one that drops all) is
 	// replaced on adoption, atomically and without detaching.
 	drop := dropAllProgram(t)
-	for _, h := range hooks {
+	for _, h := range podHooks {
 		l, err := link.LoadPinnedLink(filepath.Join(pin, linksDir, v.hostIf, h.name), nil)
 		must("load pinned link", err)
 		must("install the old program", l.Update(drop))
@@ -350,7 +350,7 @@ func tcxState(t *testing.T, v *vethPair) tcxLinks {
 	t.Helper()
 	var st tcxLinks
 	err := inNetns(v.node, func() error {
-		for i, h := range hooks {
+		for i, h := range podHooks {
 			res, err := link.QueryPrograms(link.QueryOptions{Target: v.ifindex, Attach: h.attach})
 			if err != nil {
 				return err

@@ -58,10 +58,10 @@ func BenchmarkFromPodDecision(b *testing.B) {
 			eng := scenarioEngine(b, "")
 			ids := loadNode(b, d, eng, "node-1", loIndex(b))
 			tbl := benchTable(b, n)
-			if err := d.SetPolicy(ids["default/client"], tbl); err != nil {
+			if err := d.SetPolicy(ids["default/client"], tbl, ProxyPorts{}); err != nil {
 				b.Fatal(err)
 			}
-			b.Logf("client's table: %d entries, %d map elements", tbl.Egress.Len()+tbl.Ingress.Len(), len(policyEntries(tbl)))
+			b.Logf("client's table: %d entries, %d map elements", tbl.Egress.Len()+tbl.Ingress.Len(), len(policyEntries(tbl, ProxyPorts{})))
 			client, server := mustAddr("10.0.1.10"), mustAddr("10.0.1.20")
 			mid := uint16(2 * (n/2 + 1)) // an allowed port in the middle of the table
 
@@ -112,7 +112,7 @@ func BenchmarkSetPolicy(b *testing.B) {
 			d := newTestDatapath(b)
 			tbl := benchTable(b, n)
 			for b.Loop() {
-				if err := d.SetPolicy(1, tbl); err != nil {
+				if err := d.SetPolicy(1, tbl, ProxyPorts{}); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -25,6 +25,24 @@
  *                 an allowed connection is tracked
  *   account       per-CPU counters per (direction, reason) for every packet;
  *                 a flow event for every new connection and every drop
+ *
+ * L7: a connection the table allows only with HTTP rules (a redirect entry)
+ * goes to the node proxy's transparent listener, where it enters the node:
+ *
+ *   egress rules   from_pod (tc ingress) assigns it to the outbound listener
+ *                  with bpf_sk_assign and marks it NM_MARK_TO_PROXY, which an
+ *                  ip rule routes to a local table, so the node delivers it
+ *   ingress rules  to_pod runs on tc egress, where bpf_sk_assign is refused:
+ *                  it marks the packet and redirects it to the hairpin veth
+ *                  (nm_host), whose peer's ingress (nm_net) runs to_proxy,
+ *                  which assigns it to the inbound listener
+ *
+ * Further packets of the connection follow conntrack (NM_CT_REDIRECT) to the
+ * proxy's accepted socket. The proxy's own upstream connections come from the
+ * client's address (Envoy's original_src) with NM_MARK_PROXY_*; to_pod tracks
+ * them (NM_CT_PROXY_UPSTREAM) so their replies go back to the proxy's socket.
+ * No proxy socket, no proxy port (the proxy has not ACKed the configuration
+ * yet), or not TCP: the packet is dropped as proxy-unavailable, fail closed.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -112,6 +130,14 @@ struct {
 	__uint(max_entries, NM_EVENTS_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nm_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
 
 /* Force full BTF for the event type, which no map names, and for the inner
  * map's key and value, which clang 14 emits only as forward declarations
@@ -435,6 +461,10 @@ struct verdict {
 	__u8 reason;
 	__u8 drop;
 	__u8 flags;
+	__u8 redirect;       /* decide: only L7-restricted, go to the proxy */
+	__u8 to_proxy;       /* the packet goes to the proxy */
+	__u16 proxy_port;    /* decide: the listener of a redirect, 0: not ready */
+	__u32 hairpin;       /* finish: bpf_redirect to this interface */
 };
 
 static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 dir, struct verdict *v)
@@ -454,7 +484,7 @@ static __always_inline void emit(struct __sk_buff *skb, struct pkt *p, __u8 dir,
 	}
 	e->proto = p->tuple.proto;
 	e->dir = dir;
-	e->verdict = v->drop ? NM_VERDICT_DROPPED : NM_VERDICT_FORWARDED;
+	e->verdict = v->drop ? NM_VERDICT_DROPPED : v->to_proxy ? NM_VERDICT_REDIRECTED : NM_VERDICT_FORWARDED;
 	e->reason = v->reason;
 	e->src_identity = v->src_identity;
 	e->dst_identity = v->dst_identity;
@@ -536,8 +566,9 @@ static __always_inline int tcp_new_syn(struct pkt *p)
 
 /* Looks the packet up: a reply of a connection the other program tracked
  * (the reversed tuple, the other direction), or a further packet of one this
- * program tracked. Returns the reason, or 0 for a new connection. */
-static __always_inline __u8 ct_lookup(struct pkt *p, __u8 dir, __u64 now)
+ * program tracked. Returns the reason, or 0 for a new connection; *found is
+ * the entry's flags and proxy port. */
+static __always_inline __u8 ct_lookup(struct pkt *p, __u8 dir, __u64 now, struct ct_entry *found)
 {
 	struct ct_key k = {};
 	struct ct_entry *e;
@@ -549,6 +580,7 @@ static __always_inline __u8 ct_lookup(struct pkt *p, __u8 dir, __u64 now)
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e && ct_live(e, k.proto, now)) {
 		ct_refresh(e, p, 1, now);
+		found->flags = e->flags;
 		return NM_REASON_REPLY;
 	}
 	k = p->tuple;
@@ -559,6 +591,8 @@ static __always_inline __u8 ct_lookup(struct pkt *p, __u8 dir, __u64 now)
 		if (tcp_new_syn(p) && ct_timeout(IPPROTO_TCP, e->flags) == CT_TCP_CLOSING_NS)
 			return 0;
 		ct_refresh(e, p, 0, now);
+		found->flags = e->flags;
+		found->proxy_port = e->proxy_port;
 		return NM_REASON_ESTABLISHED;
 	}
 	return 0;
@@ -589,7 +623,7 @@ static __always_inline int ct_related(struct pkt *p, __u8 dir, __u64 now)
 	return e && ct_live(e, k.proto, now);
 }
 
-static __always_inline void ct_create(struct pkt *p, __u8 dir, __u64 now)
+static __always_inline void ct_create(struct pkt *p, __u8 dir, __u64 now, __u32 flags, __u16 proxy_port)
 {
 	struct ct_key k;
 	struct ct_entry e = {};
@@ -599,8 +633,10 @@ static __always_inline void ct_create(struct pkt *p, __u8 dir, __u64 now)
 	k = p->tuple;
 	k.dir = dir;
 	e.last_seen_ns = now;
+	e.flags = flags;
+	e.proxy_port = proxy_port;
 	if (p->tuple.proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_RST))
-		e.flags = NM_CT_RST;
+		e.flags |= NM_CT_RST;
 	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
 }
 
@@ -610,6 +646,7 @@ struct merge {
 	__u32 deny_rule;
 	__u32 allow_rule;
 	__u32 redirect_rule;
+	__u16 proxy_port;
 	__u8 any_deny;
 	__u8 any_allow;
 	__u8 any_redirect;
@@ -637,8 +674,10 @@ static __always_inline void lookup_one(void *inner, struct policy_key *k, __u8 k
 		m->any_allow = 1;
 		break;
 	case NM_ACTION_REDIRECT:
-		if (!m->any_redirect)
+		if (!m->any_redirect) {
 			m->redirect_rule = e->rule;
+			m->proxy_port = e->proxy_port;
+		}
 		m->any_redirect = 1;
 		break;
 	default:
@@ -711,11 +750,18 @@ static __always_inline void decide(__u32 endpoint_id, __u8 dir, __u32 id, __u32 
 			v->rule = m.allow_rule;
 			return;
 		}
-		/* Only L7-restricted: the flow must go through the proxy. There
-		 * is none yet, and passing it would bypass the HTTP rules. */
-		v->reason = NM_REASON_PROXY_UNAVAILABLE;
+		/* Only L7-restricted: the flow must go through the proxy.
+		 * Without a proxy port (none has ACKed a configuration serving
+		 * it) or for another protocol than TCP (HTTP rules only), there
+		 * is none, and passing it would bypass the HTTP rules. */
 		v->rule = m.redirect_rule;
-		v->drop = 1;
+		if (!m.proxy_port || p->tuple.proto != IPPROTO_TCP) {
+			v->reason = NM_REASON_PROXY_UNAVAILABLE;
+			v->drop = 1;
+			return;
+		}
+		v->redirect = 1;
+		v->proxy_port = m.proxy_port;
 		return;
 	}
 	if (dir == NM_DIR_INGRESS && is_local_host(id)) {
@@ -728,6 +774,125 @@ static __always_inline void decide(__u32 endpoint_id, __u8 dir, __u32 id, __u32 
 		return;
 	}
 	v->reason = NM_REASON_NOT_ISOLATED;
+}
+
+/* ---- the proxy ---- */
+
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* The node socket (never a listener) that owns the packet's tuple: the
+ * proxy's accepted socket of a redirected connection, or its upstream socket
+ * for a reply. NULL when there is none. */
+static __always_inline struct bpf_sock *lookup_conn(struct __sk_buff *skb, const struct ct_key *k)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	if (is_v4_mapped(k->saddr)) {
+		t.ipv4.saddr = ((const __u32 *)k->saddr)[3];
+		t.ipv4.daddr = ((const __u32 *)k->daddr)[3];
+		t.ipv4.sport = k->sport;
+		t.ipv4.dport = k->dport;
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, k->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, k->daddr, 16);
+		t.ipv6.sport = k->sport;
+		t.ipv6.dport = k->dport;
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (sk && sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	return sk;
+}
+
+/* Hands the packet to the socket of its connection: returns 0, or -1 when
+ * the node has no such socket. A TIME_WAIT socket is left to the stack's own
+ * lookup (the local route reaches it). Only at tc ingress. */
+static __always_inline int assign_conn(struct __sk_buff *skb, const struct ct_key *k)
+{
+	struct bpf_sock *sk = lookup_conn(skb, k);
+	long err = 0;
+
+	if (!sk)
+		return -1;
+	if (sk->state != BPF_TCP_TIME_WAIT)
+		err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? -1 : 0;
+}
+
+/* Hands a new connection to the proxy's transparent listener on port (bound
+ * to the wildcard address of the packet's family). Only at tc ingress. */
+static __always_inline int assign_listener(struct __sk_buff *skb, const struct ct_key *k, __u16 port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (is_v4_mapped(k->saddr)) {
+		t.ipv4.dport = bpf_htons(port);
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		t.ipv6.dport = bpf_htons(port);
+		sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return -1;
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return -1;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? -1 : 0;
+}
+
+/* Steers a TCP packet to the proxy where it enters the node (tc ingress):
+ * the socket of its connection, or for a connection's first packet (a
+ * retransmitted SYN too) the listener on port. */
+static __always_inline int to_proxy_here(struct __sk_buff *skb, struct pkt *p, __u16 port)
+{
+	skb->mark = (skb->mark & ~(NM_MARK_MASK | 0xffff0000)) | NM_MARK_TO_PROXY;
+	if (assign_conn(skb, &p->tuple) == 0)
+		return 0;
+	if (port && tcp_new_syn(p))
+		return assign_listener(skb, &p->tuple, port);
+	return -1;
+}
+
+/* Sends a packet seen on tc egress (to_pod) to the proxy through the
+ * hairpin veth: to_proxy, on its peer's ingress, assigns it. Sets v. */
+static __always_inline int to_proxy_hairpin(struct __sk_buff *skb, __u16 port, struct verdict *v)
+{
+	__u32 zero = 0;
+	struct nm_config *c = bpf_map_lookup_elem(&config, &zero);
+
+	if (!c || !c->hairpin_ifindex)
+		return -1;
+	skb->mark = (skb->mark & ~(NM_MARK_MASK | 0xffff0000)) | NM_MARK_TO_PROXY |
+		    ((__u32)port << NM_MARK_PORT_SHIFT);
+	v->hairpin = c->hairpin_ifindex;
+	return 0;
+}
+
+static __always_inline int proxy_mark(struct __sk_buff *skb)
+{
+	__u32 m = skb->mark & NM_MARK_MASK;
+	return m == NM_MARK_PROXY_INGRESS || m == NM_MARK_PROXY_EGRESS;
+}
+
+static __always_inline void proxy_unavailable(struct verdict *v)
+{
+	v->reason = NM_REASON_PROXY_UNAVAILABLE;
+	v->drop = 1;
+	v->to_proxy = 0;
 }
 
 /* ---- the programs ---- */
@@ -748,6 +913,8 @@ static __always_inline int finish(struct __sk_buff *skb, __u8 dir, struct verdic
 		emit(skb, p, dir, v);
 	if (v->drop)
 		return TC_ACT_SHOT;
+	if (v->hairpin)
+		return bpf_redirect(v->hairpin, 0);
 	if (p->frag_first) {
 		/* Later fragments take these ports; only a passed first
 		 * fragment lets them through. */
@@ -766,8 +933,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct endpoint_info *ep;
 	struct ipcache_key ik = {};
 	struct ipcache_value *ic;
+	struct ct_entry ct = {};
 	__u8 *local, *remote;
-	__u32 rid, pid = 0;
+	__u32 rid, pid = 0, ctflags = 0;
 	__u64 now;
 
 	switch (parse(skb, &p)) {
@@ -820,11 +988,48 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	now = bpf_ktime_get_ns();
-	v.reason = ct_lookup(&p, dir, now);
+	v.reason = ct_lookup(&p, dir, now, &ct);
+	if (v.reason == NM_REASON_ESTABLISHED && (ct.flags & NM_CT_REDIRECT)) {
+		/* A further packet of a connection redirected to the proxy. */
+		v.reason = NM_REASON_TO_PROXY;
+		v.to_proxy = 1;
+		if (dir == NM_DIR_EGRESS ? to_proxy_here(skb, &p, ct.proxy_port) : to_proxy_hairpin(skb, ct.proxy_port, &v)) {
+			proxy_unavailable(&v);
+			return finish(skb, dir, &v, &p, 1);
+		}
+		return finish(skb, dir, &v, &p, 0);
+	}
+	if (v.reason == NM_REASON_REPLY && (ct.flags & NM_CT_PROXY_UPSTREAM)) {
+		/* A pod answers the proxy's upstream connection (from_pod: the
+		 * entry to_pod made for it). */
+		v.reason = NM_REASON_TO_PROXY;
+		v.to_proxy = 1;
+		if (to_proxy_here(skb, &p, 0)) {
+			proxy_unavailable(&v);
+			return finish(skb, dir, &v, &p, 1);
+		}
+		return finish(skb, dir, &v, &p, 0);
+	}
 	if (!v.reason && p.has_inner && ct_related(&p, dir, now))
 		v.reason = NM_REASON_RELATED;
 	if (v.reason)
 		return finish(skb, dir, &v, &p, 0);
+	if (dir == NM_DIR_INGRESS && p.tuple.proto == IPPROTO_TCP && !tcp_new_syn(&p)) {
+		/* Not this pod's connection but a segment for a socket of the
+		 * node: the proxy's upstream connection from this pod's address,
+		 * answered from another node or by the proxy itself. */
+		struct bpf_sock *sk = lookup_conn(skb, &p.tuple);
+		if (sk) {
+			bpf_sk_release(sk);
+			v.reason = NM_REASON_TO_PROXY;
+			v.to_proxy = 1;
+			if (to_proxy_hairpin(skb, 0, &v)) {
+				proxy_unavailable(&v);
+				return finish(skb, dir, &v, &p, 1);
+			}
+			return finish(skb, dir, &v, &p, 0);
+		}
+	}
 
 	/* A new connection: who is the remote? */
 	ik.prefixlen = 128;
@@ -848,8 +1053,25 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	else
 		decide(ep->endpoint_id, dir, rid, pid, &p, &v);
 
+	if (dir == NM_DIR_INGRESS && proxy_mark(skb)) {
+		/* The node proxy's upstream connection: its replies must go back
+		 * to the proxy's socket. Coming from the inbound listener, the
+		 * ingress L7 rules were enforced there. */
+		ctflags |= NM_CT_PROXY_UPSTREAM;
+		if (v.redirect && (skb->mark & NM_MARK_MASK) == NM_MARK_PROXY_INGRESS) {
+			v.redirect = 0;
+			v.reason = NM_REASON_PROXY_ENFORCED;
+		}
+	}
+	if (v.redirect) {
+		v.reason = NM_REASON_TO_PROXY;
+		v.to_proxy = 1;
+		ctflags |= NM_CT_REDIRECT;
+		if (dir == NM_DIR_EGRESS ? to_proxy_here(skb, &p, v.proxy_port) : to_proxy_hairpin(skb, v.proxy_port, &v))
+			proxy_unavailable(&v);
+	}
 	if (!v.drop)
-		ct_create(&p, dir, now);
+		ct_create(&p, dir, now, ctflags, v.redirect ? v.proxy_port : 0);
 	return finish(skb, dir, &v, &p, 1);
 }
 
@@ -863,4 +1085,42 @@ SEC("tcx/egress")
 int to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, NM_DIR_INGRESS);
+}
+
+/* The hairpin's far end (nm_net ingress): what to_pod sent to the proxy
+ * enters the node here, where bpf_sk_assign works. Anything else but link
+ * control is dropped: nothing else uses the hairpin. */
+SEC("tcx/ingress")
+int to_proxy(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct verdict v = {};
+	__u16 port = skb->mark >> NM_MARK_PORT_SHIFT;
+
+	switch (parse(skb, &p)) {
+	case PKT_IP:
+		break;
+	case PKT_LINK_CONTROL:
+		count(NM_DIR_INGRESS, NM_REASON_LINK_CONTROL, skb->len);
+		return TC_ACT_OK;
+	default:
+		v.reason = NM_REASON_UNSUPPORTED_L3;
+		v.drop = 1;
+		return finish(skb, NM_DIR_INGRESS, &v, &p, 0);
+	}
+	if ((skb->mark & NM_MARK_MASK) != NM_MARK_TO_PROXY || p.tuple.proto != IPPROTO_TCP || p.frag_later) {
+		v.reason = NM_REASON_UNSUPPORTED_L3;
+		v.drop = 1;
+		return finish(skb, NM_DIR_INGRESS, &v, &p, 0);
+	}
+	/* The veth set the type from the destination MAC, which is the pod's:
+	 * the packet is for this host now. */
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	v.to_proxy = 1;
+	v.reason = NM_REASON_TO_PROXY;
+	if (to_proxy_here(skb, &p, port)) {
+		proxy_unavailable(&v);
+		return finish(skb, NM_DIR_INGRESS, &v, &p, 1);
+	}
+	return finish(skb, NM_DIR_INGRESS, &v, &p, 0);
 }

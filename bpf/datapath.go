@@ -1,6 +1,6 @@
 package bpf
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type flow_event -type endpoint_key -type policy_key -type policy_entry -type ct_key -type frag_key datapath datapath.c -- -I./include
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type flow_event -type endpoint_key -type policy_key -type policy_entry -type ct_key -type ct_entry -type frag_key -type nm_config datapath datapath.c -- -I./include
 
 import (
 	"errors"
@@ -167,7 +167,7 @@ func (d *Datapath) Remove() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, m := range []*ebpf.Map{d.objs.Endpoints, d.objs.Ipcache, d.objs.Policy, d.objs.Conntrack, d.objs.Fragments, d.objs.Counters, d.objs.Events} {
+	for _, m := range []*ebpf.Map{d.objs.Endpoints, d.objs.Ipcache, d.objs.Policy, d.objs.Conntrack, d.objs.Fragments, d.objs.Counters, d.objs.Events, d.objs.Config} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpin %s: %w", m, err))
 		}

@@ -23,7 +23,8 @@ type datapathCtEntry struct {
 	_          structs.HostLayout
 	LastSeenNs uint64
 	Flags      uint32
-	Pad        uint32
+	ProxyPort  uint16
+	Pad        uint16
 }
 
 type datapathCtKey struct {
@@ -97,6 +98,12 @@ type datapathIpcacheValue struct {
 	PrefixId uint32
 }
 
+type datapathNmConfig struct {
+	_              structs.HostLayout
+	HairpinIfindex uint32
+	Pad            uint32
+}
+
 type datapathPolicyEntry struct {
 	_         structs.HostLayout
 	Action    uint8
@@ -121,6 +128,7 @@ type datapathPolicyKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	datapathMapConfig            = "config"
 	datapathMapConntrack         = "conntrack"
 	datapathMapCounters          = "counters"
 	datapathMapEndpoints         = "endpoints"
@@ -130,6 +138,7 @@ const (
 	datapathMapPolicy            = "policy"
 	datapathProgFromPod          = "from_pod"
 	datapathProgToPod            = "to_pod"
+	datapathProgToProxy          = "to_proxy"
 	datapathVarUnusedFlowEvent   = "unused_flow_event"
 	datapathVarUnusedPolicyEntry = "unused_policy_entry"
 	datapathVarUnusedPolicyKey   = "unused_policy_key"
@@ -179,12 +188,14 @@ type datapathSpecs struct {
 type datapathProgramSpecs struct {
 	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
 	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	ToProxy *ebpf.ProgramSpec `ebpf:"to_proxy"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
+	Config    *ebpf.MapSpec `ebpf:"config"`
 	Conntrack *ebpf.MapSpec `ebpf:"conntrack"`
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
@@ -223,6 +234,7 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
+	Config    *ebpf.Map `ebpf:"config"`
 	Conntrack *ebpf.Map `ebpf:"conntrack"`
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Endpoints *ebpf.Map `ebpf:"endpoints"`
@@ -234,6 +246,7 @@ type datapathMaps struct {
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
+		m.Config,
 		m.Conntrack,
 		m.Counters,
 		m.Endpoints,
@@ -259,12 +272,14 @@ type datapathVariables struct {
 type datapathPrograms struct {
 	FromPod *ebpf.Program `ebpf:"from_pod"`
 	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	ToProxy *ebpf.Program `ebpf:"to_proxy"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromPod,
 		p.ToPod,
+		p.ToProxy,
 	)
 }
 

@@ -145,7 +145,7 @@ spec:
     authentication: {mode: required}
 `
 	tbl := tableFor(t, docs, "default/server")
-	if err := s.d.SetPolicy(s.ids["default/server"], tbl); err != nil {
+	if err := s.d.SetPolicy(s.ids["default/server"], tbl, ProxyPorts{}); err != nil {
 		t.Fatal(err)
 	}
 	evs := s.expect("auth required", ingress, s.tcp("client", "server", s.nextPort(), 443, tcpSYN), true, ReasonAllowed)

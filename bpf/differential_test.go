@@ -319,7 +319,7 @@ func loadNode(tb testing.TB, d *Datapath, eng *policy.Engine, node string, ifind
 		if !ok {
 			tb.Fatalf("no table for %s", ep.Key())
 		}
-		if err := d.SetPolicy(epID, tbl); err != nil {
+		if err := d.SetPolicy(epID, tbl, ProxyPorts{}); err != nil {
 			tb.Fatal(err)
 		}
 		for _, a := range ep.Addrs {

@@ -43,8 +43,10 @@ const (
 	ReasonLinkControl      Reason = 17 // ARP, IPv6 neighbour discovery, MLD: always passed
 	ReasonUnsupportedL3    Reason = 18 // neither IP nor ARP
 	ReasonFragment         Reason = 19 // a later fragment of a passed datagram
+	ReasonToProxy          Reason = 20 // handed to the node proxy's socket (L7 rules)
+	ReasonProxyEnforced    Reason = 21 // the proxy's upstream connection, after its ingress L7 check
 
-	numReasons = 20
+	numReasons = 22
 	// reasonSlots is NM_REASON_MAX: counter slots per direction.
 	reasonSlots = 32
 )
@@ -55,6 +57,7 @@ var reasonNames = [numReasons]string{
 	policy.ReasonNotIsolated, policy.ReasonLocalNode, policy.ReasonSelf,
 	"established", "reply", "related", "spoofed-source", "unknown-endpoint", "proxy-unavailable",
 	"policy-missing", "malformed", "fragment-unknown", "link-control", "unsupported-l3", "fragment",
+	"to-proxy", "proxy-enforced",
 }
 
 func (r Reason) String() string {
@@ -79,8 +82,9 @@ type Verdict uint8
 
 // Verdicts.
 const (
-	Forwarded Verdict = 1
-	Dropped   Verdict = 2
+	Forwarded  Verdict = 1
+	Dropped    Verdict = 2
+	Redirected Verdict = 3 // handed to the node proxy, which decides per request
 )
 
 func (v Verdict) String() string {
@@ -89,6 +93,8 @@ func (v Verdict) String() string {
 		return "forwarded"
 	case Dropped:
 		return "dropped"
+	case Redirected:
+		return "redirected"
 	}
 	return "?"
 }
@@ -99,6 +105,8 @@ func (r Reason) Verdict() Verdict {
 	case ReasonDenied, ReasonDefaultDeny, ReasonSpoofedSource, ReasonUnknownEndpoint, ReasonProxyUnavailable,
 		ReasonPolicyMissing, ReasonMalformed, ReasonFragmentUnknown, ReasonUnsupportedL3, ReasonUnknown:
 		return Dropped
+	case ReasonToProxy:
+		return Redirected
 	}
 	return Forwarded
 }

@@ -25,14 +25,26 @@ type hook struct {
 }
 
 // The programs' hooks: from_pod sees what the pod sends (the host veth's
-// ingress), to_pod what is sent to it (the host veth's egress).
-var hooks = [2]hook{{"from_pod", ebpf.AttachTCXIngress}, {"to_pod", ebpf.AttachTCXEgress}}
+// ingress), to_pod what is sent to it (the host veth's egress); to_proxy
+// runs on the hairpin's ingress (AttachHairpin).
+var hooks = [3]hook{{"from_pod", ebpf.AttachTCXIngress}, {"to_pod", ebpf.AttachTCXEgress}, {"to_proxy", ebpf.AttachTCXIngress}}
+
+// podHooks are a pod veth's, hairpinHooks the hairpin's; an empty file
+// named hairpinMarker in an interface's directory says which (tc filters
+// leave no pins to tell).
+const hairpinMarker = "hairpin"
+
+// podHooks are a pod veth's, hairpinHooks the hairpin's.
+var podHooks, hairpinHooks = hooks[:2], hooks[2:]
 
 func (d *Datapath) program(h hook) *ebpf.Program {
-	if h.attach == ebpf.AttachTCXIngress {
+	switch h.name {
+	case "from_pod":
 		return d.objs.FromPod
+	case "to_pod":
+		return d.objs.ToPod
 	}
-	return d.objs.ToPod
+	return d.objs.ToProxy
 }
 
 func (d *Datapath) linkPin(ifname string, h hook) string {
@@ -45,6 +57,16 @@ func (d *Datapath) linkPin(ifname string, h hook) string {
 // if it runs another); one pinned for a vanished interface of the same name
 // is replaced.
 func (d *Datapath) Attach(ifname string) error {
+	return d.attach(ifname, podHooks)
+}
+
+// AttachHairpin attaches to_proxy to the ingress of the hairpin's far end
+// (package redirect's nm_net), like Attach. Pair it with SetHairpin.
+func (d *Datapath) AttachHairpin(ifname string) error {
+	return d.attach(ifname, hairpinHooks)
+}
+
+func (d *Datapath) attach(ifname string, hs []hook) error {
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return fmt.Errorf("attach %s: %w", ifname, err)
@@ -54,22 +76,27 @@ func (d *Datapath) Attach(ifname string) error {
 	if err := os.MkdirAll(filepath.Join(d.cfg.PinDir, linksDir, ifname), 0o700); err != nil {
 		return fmt.Errorf("attach %s: %w", ifname, err)
 	}
-	if d.tc || d.cfg.Hook == HookTC {
-		return d.attachTC(ifname, iface.Index)
+	if hs[0].name == hairpinHooks[0].name {
+		if err := os.WriteFile(filepath.Join(d.cfg.PinDir, linksDir, ifname, hairpinMarker), nil, 0o600); err != nil {
+			return fmt.Errorf("attach %s: %w", ifname, err)
+		}
 	}
-	err = d.attachTCX(ifname, iface.Index)
+	if d.tc || d.cfg.Hook == HookTC {
+		return d.attachTC(ifname, iface.Index, hs)
+	}
+	err = d.attachTCX(ifname, iface.Index, hs)
 	var missing *MissingFeatureError
 	if errors.As(err, &missing) && d.cfg.Hook == HookAuto {
 		d.tc = true // no tcx on this kernel: tc clsact filters from now on
-		return d.attachTC(ifname, iface.Index)
+		return d.attachTC(ifname, iface.Index, hs)
 	}
 	return err
 }
 
-// attachTCX attaches both programs as pinned tcx links.
-func (d *Datapath) attachTCX(ifname string, ifindex int) error {
+// attachTCX attaches the programs of hs as pinned tcx links.
+func (d *Datapath) attachTCX(ifname string, ifindex int, hs []hook) error {
 	var created []link.Link
-	for _, h := range hooks {
+	for _, h := range hs {
 		l, err := d.attachOne(ifname, ifindex, h)
 		if err != nil {
 			for _, c := range created { // both or neither
@@ -164,13 +191,13 @@ func sameProgram(a, b *ebpf.Program) (bool, error) {
 // program like a pinned link does, so enforcement outlives the process;
 // replacing the filter switches programs atomically. The interface's
 // directory under tcx/ (empty) records the attachment.
-func (d *Datapath) attachTC(ifname string, ifindex int) error {
+func (d *Datapath) attachTC(ifname string, ifindex int, hs []hook) error {
 	qdisc := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
 	if err := netlink.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("attach %s: clsact qdisc: %w", ifname, err)
 	}
-	for _, h := range hooks {
+	for _, h := range hs {
 		if err := netlink.FilterReplace(tcFilter(ifindex, h, d.program(h))); err != nil {
 			return fmt.Errorf("attach %s %s: tc filter: %w", h.name, ifname, err)
 		}
@@ -237,7 +264,7 @@ func (d *Datapath) Detach(ifname string) error {
 		}
 		_ = l.Close()
 	}
-	if err := os.Remove(filepath.Join(d.cfg.PinDir, linksDir, ifname)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.RemoveAll(filepath.Join(d.cfg.PinDir, linksDir, ifname)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("detach %s: %w", ifname, err))
 	}
 	return errors.Join(errs...)
@@ -304,8 +331,12 @@ func (d *Datapath) adoptLinks() error {
 		// this process's programs (if the interface is in this namespace;
 		// otherwise Attach does it).
 		d.tc = true
+		hs := podHooks
+		if _, err := os.Stat(filepath.Join(d.cfg.PinDir, linksDir, name, hairpinMarker)); err == nil {
+			hs = hairpinHooks
+		}
 		if iface, err := net.InterfaceByName(name); err == nil {
-			if err := d.attachTC(name, iface.Index); err != nil {
+			if err := d.attachTC(name, iface.Index, hs); err != nil {
 				return fmt.Errorf("adopt tc filters of %s: %w", name, err)
 			}
 		}

@@ -65,12 +65,13 @@ func (d *Datapath) Endpoints() (map[netip.Addr]uint32, error) {
 // endpoint's slot in the outer map. A packet being decided holds either the
 // old map or the new one, never a half-written table. The outer map holds
 // the only reference to an inner map: the old one is freed once the last
-// packet using it is done.
-func (d *Datapath) SetPolicy(endpointID uint32, t *policy.Table) error {
+// packet using it is done. Redirect entries send connections to the proxy
+// listeners of proxy (see ProxyPorts).
+func (d *Datapath) SetPolicy(endpointID uint32, t *policy.Table, proxy ProxyPorts) error {
 	if t == nil {
 		return fmt.Errorf("set policy of endpoint %d: nil table", endpointID)
 	}
-	kvs := policyEntries(t)
+	kvs := policyEntries(t, proxy)
 	spec := d.innerSpec.Copy()
 	spec.Name = fmt.Sprintf("nm_pol_%d", endpointID)
 	spec.MaxEntries = uint32(len(kvs))
@@ -264,4 +265,15 @@ func countKeys(m *ebpf.Map) (int, error) {
 		copy(key, next)
 		cur = key
 	}
+}
+
+// SetHairpin names the interface to_pod sends what must reach the node proxy
+// to (package redirect's nm_host; its peer runs to_proxy, see
+// AttachHairpin). Zero removes it: ingress L7 connections are then dropped
+// as proxy-unavailable.
+func (d *Datapath) SetHairpin(ifindex int) error {
+	if err := d.objs.Config.Put(uint32(0), datapathNmConfig{HairpinIfindex: uint32(ifindex)}); err != nil {
+		return fmt.Errorf("set hairpin interface: %w", err)
+	}
+	return nil
 }

@@ -41,7 +41,7 @@ func TestPolicySwapIsAtomic(t *testing.T) {
 	allowText, denyText := swapPolicies()
 	tables := [2]*policy.Table{tableFor(t, allowText, "default/server"), tableFor(t, denyText, "default/server")}
 	srv := s.ids["default/server"]
-	if err := s.d.SetPolicy(srv, tables[0]); err != nil {
+	if err := s.d.SetPolicy(srv, tables[0], ProxyPorts{}); err != nil {
 		t.Fatal(err)
 	}
 	clientID, _, _ := s.eng.Identity("default/client")
@@ -91,7 +91,7 @@ func TestPolicySwapIsAtomic(t *testing.T) {
 		}()
 	}
 	for i := range swaps {
-		if err := s.d.SetPolicy(srv, tables[(i+1)%2]); err != nil {
+		if err := s.d.SetPolicy(srv, tables[(i+1)%2], ProxyPorts{}); err != nil {
 			t.Error(err)
 			break
 		}
@@ -121,7 +121,7 @@ func TestPolicySwapIsAtomic(t *testing.T) {
 		t.Fatalf("event with a half-written table's verdict: %v", e)
 	}
 	t.Logf("%d packets on %d goroutines during %d table swaps (%d elements each): %d allowed-by-rule, %d denied-by-rule, 0 other verdicts",
-		sent.Load(), 2*runtime.NumCPU(), swaps, len(policyEntries(tables[0])), allowed, denied)
+		sent.Load(), 2*runtime.NumCPU(), swaps, len(policyEntries(tables[0], ProxyPorts{})), allowed, denied)
 	if allowed == 0 || denied == 0 {
 		t.Fatalf("the packets saw only one table (allowed %d, denied %d): the test did not interleave", allowed, denied)
 	}
@@ -133,7 +133,7 @@ func TestPolicySwapIsAtomic(t *testing.T) {
 func TestHalfWrittenTableIsDetected(t *testing.T) {
 	s := newScenario(t)
 	allowText, _ := swapPolicies()
-	kvs := policyEntries(tableFor(t, allowText, "default/server"))
+	kvs := policyEntries(tableFor(t, allowText, "default/server"), ProxyPorts{})
 	spec := s.d.innerSpec.Copy()
 	spec.MaxEntries = uint32(len(kvs))
 	half, err := ebpf.NewMap(spec)

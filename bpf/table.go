@@ -54,11 +54,21 @@ type policyKV struct {
 	Value datapathPolicyEntry
 }
 
+// ProxyPorts are the node proxy's transparent listeners that redirect
+// entries send connections to. A zero port means no proxy serves that
+// direction's L7 rules (none has ACKed a configuration for them): the
+// datapath drops those connections as proxy-unavailable, fail closed.
+type ProxyPorts struct {
+	Ingress uint16 // the inbound listener: ingress L7 rules of local pods
+	Egress  uint16 // the outbound listener: egress L7 rules of local pods
+}
+
 // policyEntries translates an endpoint's table into the elements of its
 // policy map: per direction, the flags entry (selected, enforced) and, for
 // every table entry, one LPM element per port prefix of its range. An
-// element's rule is 1 + the entry's index in that direction's Entries().
-func policyEntries(t *policy.Table) []policyKV {
+// element's rule is 1 + the entry's index in that direction's Entries(); a
+// redirect element carries the direction's proxy port.
+func policyEntries(t *policy.Table, proxy ProxyPorts) []policyKV {
 	var out []policyKV
 	for _, d := range []policy.Direction{policy.Ingress, policy.Egress} {
 		dt := &t.Ingress
@@ -78,6 +88,12 @@ func policyEntries(t *policy.Table) []policyKV {
 		})
 		for i, e := range dt.Entries() {
 			v := datapathPolicyEntry{Action: uint8(e.Action), Rule: uint32(i + 1)}
+			if e.Action == policy.ActionRedirect {
+				v.ProxyPort = proxy.Ingress
+				if d == policy.Egress {
+					v.ProxyPort = proxy.Egress
+				}
+			}
 			if e.AuthRequired && e.Action != policy.ActionDeny {
 				v.Flags |= entryAuthRequired
 			}

@@ -107,7 +107,7 @@ spec:
     toPorts: [{ports: [{port: "53", protocol: UDP}]}]
 `)
 	tbl, _, _ := eng.Table("default/server")
-	kvs := policyEntries(tbl)
+	kvs := policyEntries(tbl, ProxyPorts{})
 	type flagsOf struct {
 		dir   uint8
 		flags uint8
@@ -185,7 +185,7 @@ func TestPolicyEntriesUnique(t *testing.T) {
 		for _, ep := range eng.Endpoints() {
 			tbl, _, _ := eng.Table(ep.Key())
 			seen := map[datapathPolicyKey]bool{}
-			for _, kv := range policyEntries(tbl) {
+			for _, kv := range policyEntries(tbl, ProxyPorts{}) {
 				if seen[kv.Key] {
 					t.Fatalf("seed %d %s: key %+v twice\n%v", seed, ep.Key(), kv.Key, tbl)
 				}

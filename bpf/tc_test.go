@@ -40,7 +40,7 @@ func TestTCFallback(t *testing.T) {
 	}
 	must("sync ipcache", d1.SyncIPCache(eng.IPCache("node-1")))
 	must("set endpoint", d1.SetEndpoint(v.podAddr, 1, uint32(v.ifindex), id))
-	must("set policy", d1.SetPolicy(1, tbl))
+	must("set policy", d1.SetPolicy(1, tbl, ProxyPorts{}))
 	must("attach with tc", inNetns(v.node, func() error { return d1.Attach(v.hostIf) }))
 	must("attach again (idempotent)", inNetns(v.node, func() error { return d1.Attach(v.hostIf) }))
 
@@ -68,7 +68,7 @@ func TestTCFallback(t *testing.T) {
 
 	var d2 *Datapath
 	must("adopt", inNetns(v.node, func() (err error) { d2, err = Open(cfg); return err }))
-	must("policy change through the adopted maps", d2.SetPolicy(1, mustTable(t, adoptEngine(t, adoptPolicy(9000, 9001)), "default/client")))
+	must("policy change through the adopted maps", d2.SetPolicy(1, mustTable(t, adoptEngine(t, adoptPolicy(9000, 9001)), "default/client"), ProxyPorts{}))
 	check("adopted, policy changed", map[int]bool{9000: true, 9001: true, 9002: false})
 
 	must("detach", inNetns(v.node, func() error { return d2.Detach(v.hostIf) }))

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/nodemesh/nodemesh/agent"
+	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/policy"
 )
@@ -16,6 +17,7 @@ type Datapath struct {
 	mu         sync.Mutex
 	Calls      []string // "SetPolicy 3", "SyncIPCache", "SetEndpoint 10.0.1.10", ... in order
 	Policies   map[uint32]*policy.Table
+	ProxyPorts map[uint32]bpf.ProxyPorts // the proxy ports of each policy's last SetPolicy
 	EPs        map[netip.Addr]uint32
 	Idents     map[netip.Addr]identity.NumericIdentity
 	IPCache    []policy.IPCacheEntry
@@ -26,7 +28,7 @@ type Datapath struct {
 
 // NewDatapath returns an empty fake.
 func NewDatapath() *Datapath {
-	return &Datapath{Policies: map[uint32]*policy.Table{}, EPs: map[netip.Addr]uint32{}, Idents: map[netip.Addr]identity.NumericIdentity{},
+	return &Datapath{Policies: map[uint32]*policy.Table{}, ProxyPorts: map[uint32]bpf.ProxyPorts{}, EPs: map[netip.Addr]uint32{}, Idents: map[netip.Addr]identity.NumericIdentity{},
 		Attached: map[string]bool{}, EventsIn: make(chan agent.FlowEvent, 16), FailAttach: map[string]error{}}
 }
 
@@ -78,11 +80,20 @@ func (d *Datapath) DeleteEndpoint(addr netip.Addr) error {
 	return nil
 }
 
-func (d *Datapath) SetPolicy(id uint32, t *policy.Table) error {
+func (d *Datapath) SetPolicy(id uint32, t *policy.Table, proxy bpf.ProxyPorts) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.call("SetPolicy %d", id)
 	d.Policies[id] = t
+	d.ProxyPorts[id] = proxy
+	return nil
+}
+
+// SetupRedirect implements agent.Datapath: nothing to set up.
+func (d *Datapath) SetupRedirect() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("SetupRedirect")
 	return nil
 }
 

@@ -62,12 +62,31 @@ enum nm_reason {
 	NM_REASON_LINK_CONTROL = 17,     /* link-control: ARP, IPv6 ND and MLD */
 	NM_REASON_UNSUPPORTED_L3 = 18,   /* unsupported-l3: neither IP nor ARP */
 	NM_REASON_FRAGMENT = 19,         /* fragment: a later fragment of a passed datagram */
+	NM_REASON_TO_PROXY = 20,         /* to-proxy: handed to the node proxy's socket */
+	NM_REASON_PROXY_ENFORCED = 21,   /* proxy-enforced: the proxy's upstream after its ingress L7 check */
 	NM_REASON_MAX = 32,              /* counters slots per direction */
 };
 
 enum nm_verdict {
 	NM_VERDICT_FORWARDED = 1,
 	NM_VERDICT_DROPPED = 2,
+	NM_VERDICT_REDIRECTED = 3, /* handed to the node proxy */
+};
+
+/* skb->mark. Only the bits of NM_MARK_MASK are ours; the rest belong to
+ * other users of the node, except that NM_MARK_TO_PROXY carries the proxy
+ * listener's port in bits 16-31. Pods cannot set a mark: it is cleared when
+ * a packet crosses into another network namespace. */
+#define NM_MARK_MASK 0x0f00
+#define NM_MARK_TO_PROXY 0x0200      /* set here: a local route (ip rule) delivers it to the proxy's socket */
+#define NM_MARK_PROXY_INGRESS 0x0a00 /* the proxy's inbound upstream: the ingress L7 rules were enforced */
+#define NM_MARK_PROXY_EGRESS 0x0b00  /* the proxy's outbound upstream: egress L7 enforced, ingress still applies */
+#define NM_MARK_PORT_SHIFT 16
+
+/* The node's settings, one element of the config array. */
+struct nm_config {
+	__u32 hairpin_ifindex; /* nm_host: to_pod sends what must reach the proxy here, 0: none */
+	__u32 pad;
 };
 
 /* flow_event.flags */
@@ -137,11 +156,14 @@ struct ct_key {
 #define NM_CT_FIN_INIT 0x02 /* FIN from the initiator */
 #define NM_CT_FIN_RESP 0x04 /* FIN from the responder */
 #define NM_CT_RST 0x08
+#define NM_CT_REDIRECT 0x10       /* the initiator's packets go to the proxy listener at proxy_port */
+#define NM_CT_PROXY_UPSTREAM 0x20 /* the initiator is the node proxy: replies go back to its socket */
 
 struct ct_entry {
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC */
 	__u32 flags;
-	__u32 pad;
+	__u16 proxy_port; /* NM_CT_REDIRECT: the listener's port */
+	__u16 pad;
 };
 
 /* Fragments: a datagram whose first fragment a program passed. */

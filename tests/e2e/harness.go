@@ -347,6 +347,17 @@ func (h *Harness) Probe(ctx context.Context, from *vcluster.Pod, proto, to strin
 	return res, nil
 }
 
+// HTTP sends one request from a pod (podtool http, no keep-alive) and
+// returns what came back: a status, or why none did.
+func (h *Harness) HTTP(ctx context.Context, from *vcluster.Pod, method, url string, timeout time.Duration) (podtool.HTTPResult, error) {
+	out, err := from.Exec(ctx, h.Podtool, "http", "--method", method, "--url", url, "--timeout", timeout.String())
+	var res podtool.HTTPResult
+	if jerr := json.Unmarshal([]byte(strings.TrimSpace(string(out))), &res); jerr != nil {
+		return res, fmt.Errorf("http %s %s from %s: %v (output %q)", method, url, from, errors.Join(err, jerr), out)
+	}
+	return res, nil
+}
+
 // Close stops the agents, removes the cluster (and with it the pinned
 // state) and the agents' inputs.
 func (h *Harness) Close() error {

@@ -103,7 +103,7 @@ func TestHTTP(t *testing.T) {
 		return podtool.HTTP(ctx, podtool.HTTPConfig{URL: "http://" + lo(s.http) + path, Method: method, Timeout: time.Second,
 			Headers: []string{"X-Test: 1"}})
 	}
-	if r := get("/api/v1/x", "POST"); !r.OK || r.Status != 200 || r.Pod != "web-1" || r.Body != "pod=web-1 method=POST path=/api/v1/x\n" {
+	if r := get("/api/v1/x", "POST"); !r.OK || r.Status != 200 || r.Pod != "web-1" || r.Body != "pod=web-1 method=POST path=/api/v1/x from=127.0.0.1\n" {
 		t.Errorf("echo: %+v", r)
 	}
 	if r := get("/bytes/1024", "GET"); !r.OK || r.Status != 200 || r.Bytes != 1024 || len(r.Body) != 256 {

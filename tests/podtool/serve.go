@@ -225,7 +225,8 @@ func udpEcho(pc net.PacketConn) {
 	}
 }
 
-// HTTPHandler answers every request 200 with "pod=NAME method=M path=P\n";
+// HTTPHandler answers every request 200 with "pod=NAME method=M path=P
+// from=CLIENT-IP\n";
 // /bytes/N answers N bytes (at most MaxBodyBytes) instead. The header
 // X-Pod-Name names the pod in both cases.
 func HTTPHandler(podName string) http.Handler {
@@ -251,6 +252,7 @@ func HTTPHandler(podName string) http.Handler {
 			}
 			return
 		}
-		fmt.Fprintf(w, "pod=%s method=%s path=%s\n", podName, r.Method, r.URL.Path)
+		from, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintf(w, "pod=%s method=%s path=%s from=%s\n", podName, r.Method, r.URL.Path, from)
 	})
 }

@@ -62,7 +62,7 @@ func TestConnectivity(t *testing.T) {
 						}
 					}
 					res := httpGet(t, tool, src, fmt.Sprintf("http://%s/hello", addr(dst.IP, httpPort)))
-					if res.Status != 200 || res.Pod != dst.Name || res.Body != fmt.Sprintf("pod=%s method=GET path=/hello\n", dst.Name) {
+					if res.Status != 200 || res.Pod != dst.Name || res.Body != fmt.Sprintf("pod=%s method=GET path=/hello from=%s\n", dst.Name, src.IP) {
 						t.Errorf("http to %s: %+v", dst, res)
 					}
 				})
