@@ -42,6 +42,8 @@ type Agent struct {
 	// ports once it has ACKed the configuration of the tables in force,
 	// zero (fail closed) before.
 	proxy bpf.ProxyPorts
+	// redirectErr is why the node could not be set up for the redirect.
+	redirectErr error
 }
 
 // applied is the state last pushed into the engine, to diff the next
@@ -114,7 +116,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		// rest of the policy is enforced.
 		a.log.Error("L7 redirect unavailable", "err", err)
 		a.mu.Lock()
-		a.status.Problems = append(a.status.Problems, err.Error())
+		a.redirectErr = err
 		a.mu.Unlock()
 	}
 	run("api", func() error { return Serve(ctx, a.cfg.APISocket, a) })
@@ -442,6 +444,10 @@ func (a *Agent) Status(context.Context) (*Status, error) {
 	s.Policies = len(a.engine.Policies())
 	s.Endpoints = len(a.local)
 	s.Identities = a.engine.Stats().Identities
+	s.ProxyInboundPort, s.ProxyOutboundPort = a.proxy.Ingress, a.proxy.Egress
+	if a.redirectErr != nil {
+		s.Problems = append(s.Problems, a.redirectErr.Error())
+	}
 	for name, err := range a.attached {
 		if err != nil {
 			s.Problems = append(s.Problems, fmt.Sprintf("attach %s: %v", name, err))

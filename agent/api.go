@@ -45,6 +45,11 @@ type Status struct {
 	ProxyConfig  string `json:"proxyConfig"`
 	ProxyAcked   bool   `json:"proxyAcked"`
 	ProxyStreams int    `json:"proxyStreams"`
+	// ProxyPorts are the proxy listeners redirect entries are programmed
+	// with: zero while the proxy has not ACKed the configuration in force
+	// (L7-covered connections drop, proxy-unavailable).
+	ProxyInboundPort  uint16 `json:"proxyInboundPort"`
+	ProxyOutboundPort uint16 `json:"proxyOutboundPort"`
 	// Reconcile is how long the last change took from source to datapath.
 	Reconcile time.Duration `json:"reconcileNanos"`
 	Problems  []string      `json:"problems,omitempty"`

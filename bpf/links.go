@@ -29,9 +29,9 @@ type hook struct {
 // runs on the hairpin's ingress (AttachHairpin).
 var hooks = [3]hook{{"from_pod", ebpf.AttachTCXIngress}, {"to_pod", ebpf.AttachTCXEgress}, {"to_proxy", ebpf.AttachTCXIngress}}
 
-// podHooks are a pod veth's, hairpinHooks the hairpin's; an empty file
+// podHooks are a pod veth's, hairpinHooks the hairpin's; an empty directory
 // named hairpinMarker in an interface's directory says which (tc filters
-// leave no pins to tell).
+// leave no pins to tell, and bpffs holds no regular files).
 const hairpinMarker = "hairpin"
 
 // podHooks are a pod veth's, hairpinHooks the hairpin's.
@@ -77,7 +77,7 @@ func (d *Datapath) attach(ifname string, hs []hook) error {
 		return fmt.Errorf("attach %s: %w", ifname, err)
 	}
 	if hs[0].name == hairpinHooks[0].name {
-		if err := os.WriteFile(filepath.Join(d.cfg.PinDir, linksDir, ifname, hairpinMarker), nil, 0o600); err != nil {
+		if err := os.MkdirAll(filepath.Join(d.cfg.PinDir, linksDir, ifname, hairpinMarker), 0o700); err != nil {
 			return fmt.Errorf("attach %s: %w", ifname, err)
 		}
 	}

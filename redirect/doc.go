@@ -9,7 +9,11 @@
 //   - the hairpin, a veth pair nm_host ↔ nm_net: to_pod runs on a pod veth's
 //     egress, where bpf_sk_assign is refused, so it redirects such packets
 //     to nm_host; they enter the node again on nm_net's ingress, where the
-//     to_proxy program assigns them.
+//     to_proxy program assigns them;
+//   - net.ipv4.tcp_early_demux off: early demux would attach the proxy's
+//     socket to a redirected connection's segments as they enter the node,
+//     before they reach to_pod, and the kernel drops forwarded segments
+//     with a socket attached.
 //
 // The choice of bpf_sk_assign over TPROXY, the marks and the packet walks
 // are in docs/ARCHITECTURE.md ("L7: transparent redirect"). The programs are

@@ -79,11 +79,23 @@ func Setup(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	// Early demux would hand a segment of a redirected connection, on its
+	// way in from the client (pod veth or underlay), to the proxy's socket
+	// before routing; the segment is then forwarded toward the pod with a
+	// socket attached, which the kernel drops. Without it, the segment is
+	// routed to the pod's veth, where to_pod sends it through the hairpin.
+	if err := sysctl("net/ipv4/tcp_early_demux", "0"); err != nil {
+		return nil, err
+	}
 	if v, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter"); err == nil && strings.TrimSpace(string(v)) == "1" {
 		// The effective value is the larger of "all" and the device's.
 		n.Warnings = append(n.Warnings, "net.ipv4.conf.all.rp_filter is 1 (strict): ingress L7 redirects through "+cfg.NetLink+" fail; set it to 2 (loose) or 0")
 	}
 	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
+		if family == unix.AF_INET6 && !ipv6Enabled() {
+			n.Warnings = append(n.Warnings, "IPv6 is disabled in this network namespace: no IPv6 redirect routes (IPv6 L7-covered connections drop)")
+			continue
+		}
 		if err := ensureRule(cfg, family); err != nil {
 			return nil, err
 		}
@@ -216,4 +228,10 @@ func familyName(family int) string {
 		return "IPv6"
 	}
 	return "IPv4"
+}
+
+// ipv6Enabled reports whether the namespace's loopback takes IPv6 routes.
+func ipv6Enabled() bool {
+	v, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+	return err == nil && strings.TrimSpace(string(v)) == "0"
 }

@@ -129,6 +129,7 @@ func printStatus(w io.Writer, st *agent.Status) error {
 	}
 	fmt.Fprintf(w, "Enforcing:   %d policies, %d local endpoints, %d identities\n", st.Policies, st.Endpoints, st.Identities)
 	fmt.Fprintf(w, "Reconcile:   last change reached the datapath in %s\n", st.Reconcile.Round(time.Microsecond))
+	fmt.Fprintf(w, "Proxy:       %s\n", proxyLine(st))
 	for _, p := range st.Problems {
 		fmt.Fprintf(w, "Problem:     %s\n", p)
 	}
@@ -280,3 +281,24 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func writeJSONLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// proxyLine says whether L7-covered connections reach the node proxy.
+func proxyLine(st *agent.Status) string {
+	conn := fmt.Sprintf("%d xDS stream(s)", st.ProxyStreams)
+	if st.ProxyStreams == 0 {
+		conn = "not connected"
+	}
+	ack := "not ACKed"
+	if st.ProxyAcked {
+		ack = "ACKed"
+	}
+	cfg := st.ProxyConfig
+	if cfg == "" {
+		cfg = "none"
+	}
+	redirect := fmt.Sprintf("L7 redirects to :%d (inbound) and :%d (outbound)", st.ProxyInboundPort, st.ProxyOutboundPort)
+	if st.ProxyInboundPort == 0 {
+		redirect = "L7-covered connections dropped until the proxy ACKs (fail closed)"
+	}
+	return fmt.Sprintf("%s, config %s %s; %s", conn, cfg, ack, redirect)
+}
