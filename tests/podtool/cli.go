@@ -33,6 +33,8 @@ commands:
            one request; one JSON line with the status; exit 0 when a response
            arrived (and had the expected status, if given)
   rr       --to IP:PORT [--duration 5s] [--conns 1]    TCP request/response rate, JSON {rps, p50_us, p99_us}
+  hrr      --to IP:PORT [--path /] [--duration 5s] [--conns 1]
+           HTTP/1.1 keep-alive request rate (GET, every answer must be 200), JSON as rr
   crr      --to IP:PORT [--duration 5s] [--conns 1] [--timeout 1s] [--reset]
            a new TCP connection per request (connect, request, echo, close);
            JSON {rps, p50_us, p99_us}: connections/s, latency without the close
@@ -146,6 +148,25 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return ExitUsage
 		}
 		res := RR(ctx, cfg)
+		printJSON(res)
+		if !res.OK {
+			return ExitFailed
+		}
+		return ExitOK
+	case "hrr":
+		cfg := HRRConfig{Duration: 5 * time.Second, Conns: 1, Path: "/"}
+		fs.StringVar(&cfg.To, "to", "", "HTTP server `IP:PORT`")
+		fs.StringVar(&cfg.Path, "path", cfg.Path, "request `path`")
+		fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "how long to run")
+		fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "parallel keep-alive connections")
+		if !parse() {
+			return ExitUsage
+		}
+		if err := checkRun(cfg.To, cfg.Duration, cfg.Conns); err != nil {
+			fmt.Fprintf(stderr, "hrr: %v\n", err)
+			return ExitUsage
+		}
+		res := HRR(ctx, cfg)
 		printJSON(res)
 		if !res.OK {
 			return ExitFailed

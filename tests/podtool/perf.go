@@ -79,7 +79,15 @@ func RR(ctx context.Context, cfg RRConfig) RRResult {
 		res.Error = err.Error()
 		return res
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	return runLoad(ctx, cfg.Duration, cfg.Conns, func(ctx context.Context, observe func(time.Duration)) error {
+		return rrConn(ctx, cfg.To, observe)
+	})
+}
+
+// runLoad runs conns connections of connFn for d and summarizes them.
+func runLoad(ctx context.Context, d time.Duration, conns int, connFn func(context.Context, func(time.Duration)) error) RRResult {
+	var res RRResult
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var (
 		mu       sync.Mutex
@@ -90,13 +98,13 @@ func RR(ctx context.Context, cfg RRConfig) RRResult {
 		wg       sync.WaitGroup
 	)
 	start := time.Now()
-	perConn := maxSamples / cfg.Conns
-	for range cfg.Conns {
+	perConn := maxSamples / conns
+	for range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var local []int64
-			err := rrConn(ctx, cfg.To, func(d time.Duration) {
+			err := connFn(ctx, func(d time.Duration) {
 				requests.Add(1)
 				if len(local) < perConn {
 					local = append(local, d.Microseconds())

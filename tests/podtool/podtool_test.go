@@ -129,6 +129,13 @@ func TestLoad(t *testing.T) {
 	if !bulk.OK || bulk.Bytes <= 0 || bulk.BitsPerS <= 0 {
 		t.Errorf("bulk: %+v", bulk)
 	}
+	hrr := podtool.HRR(ctx, podtool.HRRConfig{To: lo(s.http), Path: "/bytes/1024", Duration: 300 * time.Millisecond, Conns: 2})
+	if !hrr.OK || hrr.Requests < 10 || hrr.P50us <= 0 || hrr.P99us < hrr.P50us || hrr.Errors != 0 {
+		t.Errorf("hrr: %+v", hrr)
+	}
+	if r := podtool.HRR(ctx, podtool.HRRConfig{To: lo(s.http), Path: "/bytes/x", Duration: 200 * time.Millisecond, Conns: 1}); r.OK || r.Errors != 1 || !strings.Contains(r.Error, "status 400") {
+		t.Errorf("hrr with 400 answers: %+v", r)
+	}
 	if r := podtool.RR(ctx, podtool.RRConfig{To: lo(s.closed), Duration: 200 * time.Millisecond, Conns: 1}); r.OK || r.Errors != 1 {
 		t.Errorf("rr to a closed port: %+v", r)
 	}

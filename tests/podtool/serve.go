@@ -226,15 +226,19 @@ func udpEcho(pc net.PacketConn) {
 }
 
 // HTTPHandler answers every request 200 with "pod=NAME method=M path=P
-// from=CLIENT-IP\n";
-// /bytes/N answers N bytes (at most MaxBodyBytes) instead. The header
-// X-Pod-Name names the pod in both cases.
+// from=CLIENT-IP\n"; /bytes/N, or any path with the query bytes=N, answers N
+// bytes (at most MaxBodyBytes) instead. The header X-Pod-Name names the pod
+// in both cases.
 func HTTPHandler(podName string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, io.LimitReader(r.Body, MaxBodyBytes))
 		w.Header().Set("X-Pod-Name", podName)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if rest, ok := strings.CutPrefix(r.URL.Path, "/bytes/"); ok {
+		rest, ok := strings.CutPrefix(r.URL.Path, "/bytes/")
+		if q := r.URL.Query().Get("bytes"); q != "" {
+			rest, ok = q, true
+		}
+		if ok {
 			n, err := strconv.Atoi(rest)
 			if err != nil || n < 0 || n > MaxBodyBytes {
 				http.Error(w, fmt.Sprintf("bytes: want 0..%d", MaxBodyBytes), http.StatusBadRequest)
