@@ -90,6 +90,7 @@ func New(cfg Config, version string, src Source, dp Datapath, links Links, log *
 	}
 	a.metrics = newMetrics(a)
 	a.xds = xds.NewServer(log, a.metrics.reg)
+	a.xds.OnL7Event(func(e xds.L7Event) { a.recordEvent(l7Event(e)) })
 	a.status = Status{Node: cfg.NodeName, Version: version, Mode: "standalone",
 		Source: fmt.Sprintf("world %v, policies %v", cfg.WorldPaths, cfg.PolicyPaths)}
 	return a, nil

@@ -91,6 +91,7 @@ type ObserveRequest struct {
 	FromPod string `json:"fromPod,omitempty"` // namespace/pod
 	ToPod   string `json:"toPod,omitempty"`
 	Port    int    `json:"port,omitempty"`
+	L7      bool   `json:"l7,omitempty"` // only the proxy's HTTP request events
 }
 
 // Matches reports whether an event passes the request's filters.
@@ -99,7 +100,8 @@ func (r *ObserveRequest) Matches(e *FlowEvent) bool {
 	return (r.Verdict == "" || r.Verdict == e.Verdict) &&
 		(r.FromPod == "" || r.FromPod == pod(e.Src)) &&
 		(r.ToPod == "" || r.ToPod == pod(e.Dst)) &&
-		(r.Port == 0 || r.Port == int(e.DstPort))
+		(r.Port == 0 || r.Port == int(e.DstPort)) &&
+		(!r.L7 || e.L7 != nil)
 }
 
 // EnvoyConfigRequest asks for the xDS resources served to the node proxy:

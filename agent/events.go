@@ -3,6 +3,8 @@ package agent
 import (
 	"sync"
 	"time"
+
+	"github.com/nodemesh/nodemesh/xds"
 )
 
 // FlowEvent is one connection decision of the datapath.
@@ -15,8 +17,61 @@ type FlowEvent struct {
 	DstPort   uint16    `json:"dstPort"`
 	Proto     string    `json:"protocol"`
 	Direction string    `json:"direction"` // egress (from the pod) or ingress (to the pod)
-	Verdict   string    `json:"verdict"`   // forwarded or dropped
+	Verdict   string    `json:"verdict"`   // forwarded, dropped, or redirected (to the proxy)
 	Reason    string    `json:"reason"`
+	// L7 is set on an event of the node proxy: one HTTP request (Proto
+	// "HTTP"; Verdict forwarded or dropped, Reason l7-allowed, l7-denied or
+	// l7-unchecked).
+	L7 *L7Info `json:"l7,omitempty"`
+}
+
+// L7Info is what the node proxy's access log says about one request.
+type L7Info struct {
+	Method    string `json:"method"`
+	Path      string `json:"path"`
+	Authority string `json:"authority,omitempty"`
+	Protocol  string `json:"protocol,omitempty"`
+	Status    int    `json:"status"` // 0: no response was sent
+	// Rule is the RBAC policy that allowed the request ("" when denied:
+	// no rule matched).
+	Rule     string        `json:"rule,omitempty"`
+	Duration time.Duration `json:"durationNanos,omitempty"`
+}
+
+// Reasons of L7 events.
+const (
+	ReasonL7Allowed = "l7-allowed"
+	ReasonL7Denied  = "l7-denied"
+	// ReasonL7Unchecked: the proxy answered before its RBAC filter ran.
+	ReasonL7Unchecked = "l7-unchecked"
+)
+
+// l7Event turns a proxy's access log entry into a flow event.
+func l7Event(e xds.L7Event) FlowEvent {
+	fe := FlowEvent{
+		Time: e.Time, Node: e.Node,
+		Src: Peer{IP: e.Src.Addr().Unmap().String()}, Dst: Peer{IP: e.Dst.Addr().Unmap().String()},
+		SrcPort: e.Src.Port(), DstPort: e.Dst.Port(), Proto: "HTTP",
+		Direction: "ingress", Verdict: "forwarded", Reason: ReasonL7Allowed,
+		L7: &L7Info{Method: e.Method, Path: e.Path, Authority: e.Authority, Protocol: e.Protocol,
+			Status: e.Status, Rule: e.Rule, Duration: e.Duration},
+	}
+	if e.Direction == xds.DirectionOutbound {
+		fe.Direction = "egress"
+	}
+	switch e.Verdict {
+	case xds.VerdictDenied:
+		fe.Verdict, fe.Reason = "dropped", ReasonL7Denied
+	case xds.VerdictAllowed:
+	default:
+		// The proxy answered before its RBAC filter ran (a malformed
+		// request, headers too large...): no rule decided it.
+		fe.Reason = ReasonL7Unchecked
+		if e.Status == 0 || e.Status >= 400 {
+			fe.Verdict = "dropped"
+		}
+	}
+	return fe
 }
 
 // Peer is one side of a flow event.

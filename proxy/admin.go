@@ -2,10 +2,17 @@ package proxy
 
 import (
 	"maps"
+	"net"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 
 	admin "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	upstreamhttp "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -42,13 +49,18 @@ func (p *Proxy) AdminHandler() http.Handler {
 	return mux
 }
 
-// ConfigDump returns the dynamic configuration in Envoy's admin format:
-// clusters, listeners (active, warming, and the last refused update),
+// ConfigDump returns the configuration in Envoy's admin format: clusters
+// (the static gRPC clusters, as Envoy shows its bootstrap's, and the
+// dynamic ones), listeners (active, warming, and the last refused update),
 // route configurations.
 func (p *Proxy) ConfigDump() *admin.ConfigDump {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	cd := &admin.ClustersConfigDump{VersionInfo: p.versions[typeCluster]}
+	for _, name := range slices.Sorted(maps.Keys(p.cfg.GRPCClusters)) {
+		cd.StaticClusters = append(cd.StaticClusters, &admin.ClustersConfigDump_StaticCluster{
+			Cluster: mustAny(staticGRPCCluster(name, p.cfg.GRPCClusters[name]))})
+	}
 	for _, name := range slices.Sorted(maps.Keys(p.clusterStates)) {
 		st := p.clusterStates[name]
 		if st.raw != nil {
@@ -96,4 +108,29 @@ func mustAny(m proto.Message) *anypb.Any {
 func dumpable(a *anypb.Any) bool {
 	_, err := protojson.Marshal(a)
 	return err == nil
+}
+
+// staticGRPCCluster describes a static gRPC cluster as Envoy's bootstrap
+// would: HTTP/2 to a unix socket or a host:port.
+func staticGRPCCluster(name, target string) *cluster.Cluster {
+	addr := &core.Address{}
+	if path, ok := strings.CutPrefix(target, "unix://"); ok {
+		addr.Address = &core.Address_Pipe{Pipe: &core.Pipe{Path: path}}
+	} else if host, port, err := net.SplitHostPort(target); err == nil {
+		n, _ := strconv.ParseUint(port, 10, 16)
+		addr.Address = &core.Address_SocketAddress{SocketAddress: &core.SocketAddress{
+			Address: host, PortSpecifier: &core.SocketAddress_PortValue{PortValue: uint32(n)}}}
+	}
+	return &cluster.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_STATIC},
+		LoadAssignment: &endpoint.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpoint.LocalityLbEndpoints{{
+			LbEndpoints: []*endpoint.LbEndpoint{{HostIdentifier: &endpoint.LbEndpoint_Endpoint{Endpoint: &endpoint.Endpoint{Address: addr}}}},
+		}}},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{upstreamHTTPOptions: mustAny(&upstreamhttp.HttpProtocolOptions{
+			UpstreamProtocolOptions: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &upstreamhttp.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &core.Http2ProtocolOptions{}},
+			}},
+		})},
+	}
 }

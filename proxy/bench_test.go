@@ -37,6 +37,32 @@ func BenchmarkProxyRBAC1000Regex(b *testing.B) {
 	benchProxy(b, pols)
 }
 
+// BenchmarkProxyRBACGRPCAccessLog adds the http_grpc access log, with
+// an access log service on a unix socket receiving every entry.
+func BenchmarkProxyRBACGRPCAccessLog(b *testing.B) {
+	dir := b.TempDir()
+	als := pt.StartAccessLog(b, dir, "als.sock")
+	be := benchBackend(b)
+	h := pt.HCM("routes", []*hcm.HttpFilter{pt.RBACFilter(rbac.RBAC_ALLOW, map[string]*rbac.Policy{
+		"userdata": pt.MethodPathPolicy("GET", "/userdata/[0-9]+")})}, pt.WithGRPCAccessLog("als", "bench"))
+	p := New(Config{NodeID: "n", AccessLog: io.Discard, GRPCClusters: map[string]string{"als": als.Address()}}, nil)
+	b.Cleanup(p.Close)
+	if err := p.applyClusters("1", []*cluster.Cluster{staticTo(b, be)}); err != nil {
+		b.Fatal(err)
+	}
+	if err := p.applyRoutes("1", []*route.RouteConfiguration{pt.RouteConfig("routes", "backend")}); err != nil {
+		b.Fatal(err)
+	}
+	if err := p.applyListeners("1", []*listener.Listener{pt.Listener("bench", "127.0.0.1", 0, h)}); err != nil {
+		b.Fatal(err)
+	}
+	addr, _ := p.ListenerAddr("bench")
+	benchClient(b, addr.String())
+	b.StopTimer()
+	p.Close()
+	b.ReportMetric(float64(len(als.Entries()))/float64(b.N), "logged/req")
+}
+
 // BenchmarkBackendDirect is the baseline: the same client and backend
 // without the proxy.
 func BenchmarkBackendDirect(b *testing.B) {

@@ -40,7 +40,25 @@ type upstreamCluster struct {
 	h2c       *http.Transport // HTTP/2 with prior knowledge
 	proxyOnce sync.Once
 	proxy     *httputil.ReverseProxy
+
+	// pools holds the transports of downstream connections with an
+	// upstream bind (original_src), one pool per bind: Envoy keys its
+	// connection pools by the upstream socket options, so upstream
+	// connections of different client addresses are never shared.
+	pools     sync.Map   // upstreamBind → *bindPool
+	poolMu    sync.Mutex // serializes creating and sweeping pools
+	lastSweep time.Time  // guarded by poolMu
 }
+
+// bindPool is the connection pool of one upstream bind.
+type bindPool struct {
+	transport, h2c *http.Transport
+	lastUsed       atomic.Int64 // unix nanoseconds
+}
+
+// poolSweepInterval is how often, at most, pools unused for longer than
+// the idle timeout are dropped (their connections have closed by then).
+const poolSweepInterval = time.Minute
 
 // Envoy's defaults.
 const (
@@ -151,9 +169,9 @@ func compileCluster(path string, c *cluster.Cluster) (*upstreamCluster, error) {
 			return nil, err
 		}
 	}
-	u.transport = u.newTransport(false)
+	u.transport = u.newTransport(false, upstreamBind{})
 	if u.protocol != upstreamHTTP1 {
-		u.h2c = u.newTransport(true)
+		u.h2c = u.newTransport(true, upstreamBind{})
 	}
 	return u, nil
 }
@@ -222,13 +240,77 @@ func (u *upstreamCluster) compileProtocolOptions(path string, a *anypb.Any) erro
 	return nil
 }
 
-// transportFor picks the connection pool for a request.
-func (u *upstreamCluster) transportFor(downstreamH2 bool) *http.Transport {
+// transportFor picks the connection pool for a request: per upstream
+// bind, then per protocol.
+func (u *upstreamCluster) transportFor(downstreamH2 bool, b upstreamBind) *http.Transport {
+	h1, h2c := u.transport, u.h2c
+	if b != (upstreamBind{}) {
+		bp := u.pool(b)
+		h1, h2c = bp.transport, bp.h2c
+	}
 	switch {
 	case u.protocol == upstreamH2C, u.protocol == upstreamDownstream && downstreamH2:
-		return u.h2c
+		return h2c
 	}
-	return u.transport
+	return h1
+}
+
+// pool returns the pool of bind b, creating it.
+func (u *upstreamCluster) pool(b upstreamBind) *bindPool {
+	now := time.Now()
+	if v, ok := u.pools.Load(b); ok {
+		bp := v.(*bindPool)
+		bp.lastUsed.Store(now.UnixNano())
+		return bp
+	}
+	u.poolMu.Lock()
+	defer u.poolMu.Unlock()
+	if v, ok := u.pools.Load(b); ok {
+		bp := v.(*bindPool)
+		bp.lastUsed.Store(now.UnixNano())
+		return bp
+	}
+	u.sweepLocked(now)
+	bp := &bindPool{transport: u.newTransport(false, b)}
+	if u.protocol != upstreamHTTP1 {
+		bp.h2c = u.newTransport(true, b)
+	}
+	bp.lastUsed.Store(now.UnixNano())
+	u.pools.Store(b, bp)
+	return bp
+}
+
+// sweepLocked drops the pools unused for longer than the idle timeout:
+// their connections have closed, so only the empty pool would remain
+// (clients come and go). With no idle timeout, pools stay, as their
+// connections do.
+func (u *upstreamCluster) sweepLocked(now time.Time) {
+	if u.idleTimeout <= 0 || now.Sub(u.lastSweep) < poolSweepInterval {
+		return
+	}
+	u.lastSweep = now
+	u.pools.Range(func(k, v any) bool {
+		bp := v.(*bindPool)
+		if now.Sub(time.Unix(0, bp.lastUsed.Load())) > u.idleTimeout {
+			u.pools.Delete(k)
+			bp.closeIdle()
+		}
+		return true
+	})
+}
+
+func (bp *bindPool) closeIdle() {
+	bp.transport.CloseIdleConnections()
+	if bp.h2c != nil {
+		bp.h2c.CloseIdleConnections()
+	}
+}
+
+// poolCount is the number of upstream bind pools (for tests).
+func (u *upstreamCluster) poolCount() int {
+	n := 0
+	u.pools.Range(func(any, any) bool { n++; return true })
+	return n
 }
 
 func (u *upstreamCluster) closeIdle() {
@@ -236,6 +318,10 @@ func (u *upstreamCluster) closeIdle() {
 	if u.h2c != nil {
 		u.h2c.CloseIdleConnections()
 	}
+	u.pools.Range(func(_, v any) bool {
+		v.(*bindPool).closeIdle()
+		return true
+	})
 }
 
 func compileEndpoints(path string, c *cluster.Cluster) ([]netip.AddrPort, error) {
@@ -335,13 +421,29 @@ type connectError struct{ err error }
 func (e *connectError) Error() string { return "upstream connect: " + e.err.Error() }
 func (e *connectError) Unwrap() error { return e.err }
 
-func (u *upstreamCluster) newTransport(h2c bool) *http.Transport {
+// newTransport returns a connection pool whose connections are bound as b
+// says. With original_src (b.src set) the socket is bound to the client's
+// IP — which overrides the cluster's source_address, as in Envoy — with
+// IP_TRANSPARENT so that the address need not be local, and
+// IP_BIND_ADDRESS_NO_PORT so that the kernel picks the port at connect
+// (the 4-tuple, not the address and port alone, must then be unique).
+// The filter's options are applied first and the cluster's
+// upstream_bind_config socket options after them, the order in which
+// Envoy applies a connection's and its cluster's options: should both set
+// SO_MARK, the cluster's wins.
+func (u *upstreamCluster) newTransport(h2c bool, b upstreamBind) *http.Transport {
 	d := &net.Dialer{Timeout: u.connectTimeout}
-	if u.source.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: u.source.AsSlice()}
+	local := u.source
+	var opts []intSockopt
+	if b.src.IsValid() {
+		local = b.src
+		opts = originalSrcSockopts(b)
 	}
-	if len(u.sockopts) > 0 {
-		opts := u.sockopts
+	opts = append(opts, u.sockopts...)
+	if local.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+	}
+	if len(opts) > 0 {
 		d.Control = func(network, _ string, c syscall.RawConn) error { return applySockopts(c, network, opts) }
 	}
 	t := &http.Transport{
@@ -402,4 +504,18 @@ func (u *upstreamCluster) pick(r *http.Request, ci *connInfo) (netip.AddrPort, e
 // sockoptMark builds the SO_MARK option, for tests and callers.
 func sockoptMark(mark int) intSockopt {
 	return intSockopt{level: unix.SOL_SOCKET, name: unix.SO_MARK, value: mark, desc: "SO_MARK"}
+}
+
+// originalSrcSockopts are the options of an upstream socket bound to the
+// client's address b.src.
+func originalSrcSockopts(b upstreamBind) []intSockopt {
+	o := []intSockopt{{level: unix.SOL_IP, name: unix.IP_TRANSPARENT, value: 1, desc: "IP_TRANSPARENT (original_src)"}}
+	if b.src.Is6() {
+		o[0] = intSockopt{level: unix.SOL_IPV6, name: unix.IPV6_TRANSPARENT, value: 1, desc: "IPV6_TRANSPARENT (original_src)"}
+	}
+	o = append(o, intSockopt{level: unix.SOL_IP, name: unix.IP_BIND_ADDRESS_NO_PORT, value: 1, desc: "IP_BIND_ADDRESS_NO_PORT"})
+	if b.mark != 0 {
+		o = append(o, sockoptMark(int(b.mark)))
+	}
+	return o
 }

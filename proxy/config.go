@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,7 +26,22 @@ type Config struct {
 	// AccessLog receives the access log lines of HCMs that ask for the
 	// stdout logger; nil means os.Stdout.
 	AccessLog io.Writer
+	// GRPCClusters are the clusters Envoy's bootstrap would define
+	// statically for gRPC services that configuration names by
+	// envoy_grpc.cluster_name (Envoy accepts only static clusters there):
+	// cluster name → unix:///path or host:port. DefaultAccessLogCluster
+	// is XDSAddress unless set: the agent serves its access log service
+	// on its xDS socket, as `meshctl envoy bootstrap` tells Envoy.
+	GRPCClusters map[string]string
+	// AccessLogQueue bounds the entries each gRPC access log holds while
+	// its service is slow or away; beyond it entries are dropped (and
+	// counted), never waited for.
+	AccessLogQueue int
 }
+
+// DefaultAccessLogCluster is the name of the bootstrap cluster of the
+// agent's access log service.
+const DefaultAccessLogCluster = "nodemesh-als"
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -40,6 +57,16 @@ func (c *Config) Defaults() {
 	if c.BackoffMax == 0 {
 		c.BackoffMax = 15 * time.Second
 	}
+	if _, ok := c.GRPCClusters[DefaultAccessLogCluster]; !ok && c.XDSAddress != "" {
+		c.GRPCClusters = maps.Clone(c.GRPCClusters)
+		if c.GRPCClusters == nil {
+			c.GRPCClusters = map[string]string{}
+		}
+		c.GRPCClusters[DefaultAccessLogCluster] = c.XDSAddress
+	}
+	if c.AccessLogQueue == 0 {
+		c.AccessLogQueue = 4096
+	}
 }
 
 // Validate reports every problem with the configuration.
@@ -50,13 +77,18 @@ func (c *Config) Validate() error {
 	}
 	if c.XDSAddress == "" {
 		errs = append(errs, errors.New("--xds-address is required"))
-	} else if strings.HasPrefix(c.XDSAddress, "unix:") {
-		u, err := url.Parse(c.XDSAddress)
-		if err != nil || (u.Path == "" && u.Opaque == "") {
-			errs = append(errs, fmt.Errorf("--xds-address %q: want unix:///path/to/socket", c.XDSAddress))
+	} else if err := checkGRPCTarget(c.XDSAddress); err != nil {
+		errs = append(errs, fmt.Errorf("--xds-address %w", err))
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.GRPCClusters)) {
+		if name == "" {
+			errs = append(errs, errors.New("--grpc-cluster: empty cluster name"))
+		} else if err := checkGRPCTarget(c.GRPCClusters[name]); err != nil {
+			errs = append(errs, fmt.Errorf("--grpc-cluster %s=%w", name, err))
 		}
-	} else if _, _, err := net.SplitHostPort(c.XDSAddress); err != nil {
-		errs = append(errs, fmt.Errorf("--xds-address %q: want unix:///path or host:port: %w", c.XDSAddress, err))
+	}
+	if c.AccessLogQueue < 1 {
+		errs = append(errs, fmt.Errorf("--access-log-queue %d: must be at least 1", c.AccessLogQueue))
 	}
 	if c.AdminAddress != "" {
 		if _, _, err := net.SplitHostPort(c.AdminAddress); err != nil {
@@ -72,6 +104,22 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// checkGRPCTarget accepts what the gRPC client dials: unix:///path or
+// host:port.
+func checkGRPCTarget(target string) error {
+	if strings.HasPrefix(target, "unix:") {
+		u, err := url.Parse(target)
+		if err != nil || (u.Path == "" && u.Opaque == "") {
+			return fmt.Errorf("%q: want unix:///path/to/socket", target)
+		}
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(target); err != nil {
+		return fmt.Errorf("%q: want unix:///path or host:port: %w", target, err)
+	}
+	return nil
+}
+
 // BindFlags binds the configuration to command-line flags.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "xDS node ID (the node name)")
@@ -79,4 +127,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.XDSAddress, "xds-address", c.XDSAddress, "the agent's ADS server: unix:///path or host:port (default unix:///run/nodemesh/<node-id>/xds.sock)")
 	fs.StringVar(&c.AdminAddress, "admin-address", "127.0.0.1:15000", "admin endpoint (/config_dump, /ready, /stats); empty disables")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 30*time.Second, "how long connections of removed or changed listeners get to finish")
+	fs.StringToStringVar(&c.GRPCClusters, "grpc-cluster", c.GRPCClusters, "static cluster for gRPC services such as the access log service, as NAME=unix:///path or NAME=host:port; repeatable")
+	fs.Lookup("grpc-cluster").DefValue = DefaultAccessLogCluster + "=<xds-address>"
+	fs.IntVar(&c.AccessLogQueue, "access-log-queue", 4096, "access log entries held per gRPC access log while its service is slow or away; more are dropped and counted")
 }

@@ -22,10 +22,12 @@
 // Supported: listeners on TCP IP:ports (address and additional_addresses;
 // 0.0.0.0 is IPv4-only and :: IPv6-only unless ipv4_compat; transparent →
 // IP_TRANSPARENT, which needs CAP_NET_ADMIN or CAP_NET_RAW; freebind; int
-// socket options before bind; the original_dst listener filter),
-// filter_chain_match on destination port, destination prefixes,
-// transport_protocol raw_buffer, direct source and source prefixes and
-// source ports (Envoy's order and most-specific rules, default chain);
+// socket options before bind; the original_dst listener filter; the
+// original_src listener filter with mark, not bind_port: see "Upstream
+// connections"), filter_chain_match on destination port, destination
+// prefixes, transport_protocol raw_buffer, direct source and source
+// prefixes and source ports (Envoy's order and most-specific rules,
+// default chain);
 // one network filter, envoy.filters.network.http_connection_manager, with
 // rds (over ADS) or an inline route_config, http_filters
 // envoy.filters.http.rbac (ALLOW/DENY; permissions any, and/or/not,
@@ -37,11 +39,14 @@
 // max_request_headers_kb, use_remote_address, generate_request_id,
 // server_name and server_header_transformation, upgrade_configs (e.g.
 // websocket; other upgrades get 403 as in Envoy), path handling left
-// unchanged (normalize_path and merge_slashes false), and the
+// unchanged (normalize_path and merge_slashes false), the
 // envoy.access_loggers.stdout logger without log_format (one JSON line
-// per request); routes by domain (exact, suffix and prefix wildcards,
-// "*") and prefix/path/safe_regex/path_separated_prefix plus header
-// matches, to a cluster (timeout, idle_timeout) or a direct response;
+// per request) and the envoy.access_loggers.http_grpc logger (log_name,
+// envoy_grpc cluster_name of a static gRPC cluster, transport V3,
+// buffer_flush_interval, buffer_size_bytes: see "Access logs"); routes by
+// domain (exact, suffix and prefix wildcards, "*") and
+// prefix/path/safe_regex/path_separated_prefix plus header matches, to a
+// cluster (timeout, idle_timeout) or a direct response;
 // clusters ORIGINAL_DST (CLUSTER_PROVIDED; original_dst_lb_config
 // use_http_header, http_header_name, upstream_port_override) and STATIC
 // (ROUND_ROBIN), connect_timeout, upstream_bind_config socket options
@@ -50,16 +55,56 @@
 // HttpProtocolOptions explicit_http_config, use_downstream_protocol_config).
 //
 // Not yet: TLS transport sockets and SDS, delta xDS, EDS, retries,
-// rewrites, other filters and cluster types.
+// rewrites, other filters and cluster types, a bootstrap file (the static
+// gRPC clusters come from Config.GRPCClusters instead).
+//
+// # Upstream connections
+//
+// A cluster pools its upstream connections per upstream bind. A
+// connection accepted on a listener with the original_src filter binds
+// its upstream connections to the client's IP with port 0
+// (IP_BIND_ADDRESS_NO_PORT: the kernel picks the port at connect, so only
+// the 4-tuple need be unique), with IP_TRANSPARENT or IPV6_TRANSPARENT so
+// that the address need not be local (CAP_NET_ADMIN), and SO_MARK = the
+// filter's mark when not 0; this overrides the cluster's source_address.
+// As Envoy keys its pools by these socket options, connections of
+// different client addresses never share an upstream connection, while
+// those of one client do. The cluster's upstream_bind_config socket
+// options are applied after the filter's, the order Envoy applies a
+// connection's and its cluster's options in: when both set SO_MARK, the
+// cluster's wins. The packets coming back to the client's address must
+// be delivered to the proxy's socket by the node (the datapath), not
+// routed to the client. A pool unused for longer than the cluster's idle
+// timeout is dropped.
+//
+// # Access logs
+//
+// The http_grpc logger fills Envoy's HTTPAccessLogEntry as Envoy does for
+// the fields the proxy knows: downstream remote (the client) and local
+// (the original destination) addresses, upstream remote and local
+// addresses and cluster, start time and duration, method, scheme,
+// authority, :path, headers' size, protocol, status and
+// response_code_details (via_upstream; rbac_access_denied_matched_policy[
+// NAME or none]; route_not_found, ...), response flags, and the RBAC
+// filters' dynamic metadata under envoy.filters.http.rbac
+// (enforced_engine_result allowed or denied, enforced_effective_policy_id
+// when a policy matched, prefixed by rules_stat_prefix). Loggers with the
+// same configuration share one stream (grpclog.go): requests queue their
+// entry without waiting, at most Config.AccessLogQueue per logger; what
+// does not fit while the service is slow or away is dropped and counted
+// (nodemesh_proxy_grpc_access_log_entries_total{result="dropped"}); the
+// stream reconnects with the xDS backoff. A logger naming a cluster that
+// is not a static gRPC cluster is NACKed, as Envoy refuses it.
 //
 // # Pipeline
 //
 // xdsclient.go (ADS stream, ACK/NACK, reconnect with backoff) → proxy.go
 // (apply per type, keep last good, warming) → listener.go, hcm.go,
 // rbac.go, route.go, cluster.go (compile protos into immutable values) →
-// runtime.go (socket, accept, filter chain choice, one HTTP server per
-// connection profile) → handler.go (per request: RBAC, route, forward,
-// timeouts, access log) → admin.go (/config_dump, /ready, /stats).
+// runtime.go (socket, accept, filter chain choice, upstream bind, one HTTP
+// server per connection profile) → handler.go (per request: RBAC, route,
+// forward, timeouts) → accesslog.go, grpclog.go (stdout line, gRPC access
+// log stream) → admin.go (/config_dump, /ready, /stats).
 //
 // # Configuration changes
 //
@@ -67,7 +112,7 @@
 // freebind, socket options) is applied in place: sockets of the addresses
 // it keeps stay open, new addresses are bound, dropped ones closed.
 // Connections keep the connection-level settings they were accepted with
-// (codec, idle timeout, header limits); everything else — filter chain
+// (codec, idle timeout, header limits, original_src bind); everything else — filter chain
 // choice, RBAC, routes, clusters, stream timeouts — is looked up again for
 // every request, so a policy change applies to the next request of an
 // existing keep-alive connection, while in-flight requests finish with
@@ -86,6 +131,8 @@
 // destination is a non-transparent listener's own address is refused with
 // 503 rather than looped back into the proxy.
 //
-// Lock order: Proxy.mu, then listenerRuntime.mu. Requests take no lock:
-// they read atomic pointers to immutable compiled configuration.
+// Lock order: Proxy.mu, then listenerRuntime.mu. Requests take no lock
+// on their path but a cluster's pool lock when a new upstream bind
+// appears: they read atomic pointers to immutable compiled
+// configuration, and access log queues without waiting.
 package proxy

@@ -42,7 +42,7 @@ func unpackAny(path string, a *anypb.Any, dst proto.Message) error {
 	if a == nil {
 		return fmt.Errorf("%s: typed_config is required", path)
 	}
-	want := "type.googleapis.com/" + string(dst.ProtoReflect().Descriptor().FullName())
+	want := typeURLOf(dst)
 	if a.GetTypeUrl() != want {
 		return fmt.Errorf("%s: typed_config type %q is not supported (want %q)", path, a.GetTypeUrl(), want)
 	}
@@ -50,6 +50,11 @@ func unpackAny(path string, a *anypb.Any, dst proto.Message) error {
 		return fmt.Errorf("%s: decode %s: %w", path, want, err)
 	}
 	return nil
+}
+
+// typeURLOf is the type URL an Any holding m carries.
+func typeURLOf(m proto.Message) string {
+	return "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName())
 }
 
 // at builds field paths for error messages: at("filter_chains", 2) is

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"slices"
@@ -65,12 +66,12 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer st.finish(lr, r)
 
 	if headerBytes(r) > h.maxHeaderBytes {
-		st.localReply(http.StatusRequestHeaderFieldsTooLarge, "", "")
+		st.localReply(http.StatusRequestHeaderFieldsTooLarge, "", "", detailHeadersTooLarge)
 		return
 	}
 	// Envoy refuses upgrades the HCM does not list (upgrade_failed).
 	if up := upgradeType(r); up != "" && !slices.Contains(h.upgrades, up) {
-		st.localReply(http.StatusForbidden, "", "")
+		st.localReply(http.StatusForbidden, "", "", detailUpgradeFailed)
 		return
 	}
 	attrs := requestAttrs{remote: ci.remote, local: ci.origDst}
@@ -80,10 +81,14 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ok, pol := f.evaluate(r, &attrs)
 		st.policy = pol
+		st.rbacMetadata(f, ok, pol)
 		if !ok {
 			st.rbac = "denied"
 			p.metrics.rbac.WithLabelValues(lr.name, "denied").Inc()
-			st.localReply(http.StatusForbidden, rbacDeniedBody, flagRBACDenied)
+			if pol == "" {
+				pol = "none"
+			}
+			st.localReply(http.StatusForbidden, rbacDeniedBody, flagRBACDenied, "rbac_access_denied_matched_policy["+pol+"]")
 			return
 		}
 		st.rbac = "allowed"
@@ -100,23 +105,23 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		re = rt.match(r)
 	}
 	if re == nil {
-		st.localReply(http.StatusNotFound, "", flagNoRoute)
+		st.localReply(http.StatusNotFound, "", flagNoRoute, "route_not_found")
 		return
 	}
 	if re.direct != nil {
-		st.localReply(re.direct.status, re.direct.body, "")
+		st.localReply(re.direct.status, re.direct.body, "", "direct_response")
 		return
 	}
 	u := (*p.clusters.Load())[re.cluster]
 	if u == nil {
-		st.localReply(re.notFoundCode, "", flagNoCluster)
+		st.localReply(re.notFoundCode, "", flagNoCluster, "cluster_not_found")
 		return
 	}
 	st.cluster = u.name
 	dst, err := u.pick(r, ci)
 	if err != nil {
 		st.failure = err.Error()
-		st.localReply(http.StatusServiceUnavailable, "no healthy upstream", flagConnectFailure)
+		st.localReply(http.StatusServiceUnavailable, "no healthy upstream", flagConnectFailure, "no_healthy_upstream")
 		return
 	}
 	st.upstream = dst
@@ -150,17 +155,25 @@ type streamKey struct{}
 
 // stream is one request's state: timers, what the access log reports.
 type stream struct {
-	start    time.Time
-	rw       *respWriter
-	ci       *connInfo
-	h        *hcmConfig
-	h2       bool   // the downstream speaks HTTP/2
-	rbac     string // "", allowed, denied
-	policy   string
+	start  time.Time
+	rw     *respWriter
+	ci     *connInfo
+	h      *hcmConfig
+	h2     bool   // the downstream speaks HTTP/2
+	rbac   string // "", allowed, denied
+	policy string
+	// rbacMD is the RBAC filters' dynamic metadata (namespace
+	// envoy.filters.http.rbac), for the gRPC access log.
+	rbacMD   map[string]string
 	cluster  string
 	upstream netip.AddrPort
-	flags    string
-	failure  string // why the upstream connection failed
+	// upstreamLocal is the upstream connection's local address (set from
+	// the transport's trace, which may run on another goroutine).
+	upstreamLocal atomic.Pointer[netip.AddrPort]
+	flags         string
+	details       string // Envoy's response_code_details
+	failure       string // why the upstream connection failed
+	reqBodyBytes  atomic.Int64
 
 	cancel       context.CancelCauseFunc
 	idle         time.Duration
@@ -230,11 +243,13 @@ func (st *stream) serverHeader(h http.Header) {
 	}
 }
 
-// localReply answers from the proxy itself, keeping the connection.
-func (st *stream) localReply(code int, body, flag string) {
+// localReply answers from the proxy itself, keeping the connection;
+// details is Envoy's response_code_details for the cause.
+func (st *stream) localReply(code int, body, flag, details string) {
 	if flag != "" {
 		st.flags = flag
 	}
+	st.details = details
 	hd := st.rw.Header()
 	if body != "" {
 		hd.Set("Content-Type", "text/plain")
@@ -242,6 +257,31 @@ func (st *stream) localReply(code int, body, flag string) {
 	hd.Set("Content-Length", strconv.Itoa(len(body)))
 	st.rw.WriteHeader(code)
 	_, _ = io.WriteString(st.rw, body)
+}
+
+// Envoy's response_code_details of local replies the proxy makes for the
+// same causes (Envoy's codec names the header limit per protocol).
+const (
+	detailHeadersTooLarge = "request_headers_too_large"
+	detailUpgradeFailed   = "upgrade_failed"
+)
+
+// rbacMetadata records an RBAC filter's result as Envoy's filter does in
+// its dynamic metadata: the engine result and, when a policy matched, its
+// name, under keys prefixed with the filter's rules_stat_prefix (a later
+// filter overwrites an earlier one's keys, as metadata merges).
+func (st *stream) rbacMetadata(f *rbacFilter, allowed bool, policy string) {
+	if st.rbacMD == nil {
+		st.rbacMD = map[string]string{}
+	}
+	result := "denied"
+	if allowed {
+		result = "allowed"
+	}
+	st.rbacMD[f.statPrefix+"enforced_engine_result"] = result
+	if policy != "" {
+		st.rbacMD[f.statPrefix+"enforced_effective_policy_id"] = policy
+	}
 }
 
 func (st *stream) finish(lr *listenerRuntime, r *http.Request) {
@@ -259,36 +299,6 @@ func (st *stream) finish(lr *listenerRuntime, r *http.Request) {
 	}
 	lr.p.metrics.requests.WithLabelValues(lr.name, strconv.Itoa(code)).Inc()
 	st.log(lr, r, code)
-}
-
-func (st *stream) log(lr *listenerRuntime, r *http.Request, code int) {
-	if !st.h.accessLog {
-		return
-	}
-	e := accessEntry{
-		Time:       st.start.UTC().Format(time.RFC3339Nano),
-		Listener:   lr.name,
-		Downstream: st.ci.remote.String(),
-		OrigDst:    st.ci.origDst.String(),
-		Method:     r.Method,
-		Path:       r.URL.RequestURI(),
-		Protocol:   r.Proto,
-		Status:     code,
-		RBAC:       st.rbac,
-		Policy:     st.policy,
-		Flags:      st.flags,
-		Cluster:    st.cluster,
-		Failure:    st.failure,
-		BytesSent:  st.rw.bytes,
-		DurationMS: float64(time.Since(st.start).Microseconds()) / 1000,
-	}
-	if e.RBAC == "" {
-		e.RBAC = "none"
-	}
-	if st.upstream.IsValid() {
-		e.Upstream = st.upstream.String()
-	}
-	lr.p.access.write(&e)
 }
 
 // upgradeType is the lower-case protocol an HTTP/1.1 request asks to
@@ -358,6 +368,9 @@ type activityBody struct {
 func (b *activityBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.st.touch()
+	if b.downstream {
+		b.st.reqBodyBytes.Add(int64(n))
+	}
 	if err == io.EOF && b.downstream {
 		b.st.requestDone()
 	}
@@ -410,9 +423,14 @@ type activityTransport struct{ u *upstreamCluster }
 
 func (t *activityTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	st := r.Context().Value(streamKey{}).(*stream)
-	resp, err := t.u.transportFor(st.h2).RoundTrip(r)
+	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+		a := unmap(ci.Conn.LocalAddr())
+		st.upstreamLocal.Store(&a)
+	}}))
+	resp, err := t.u.transportFor(st.h2, st.ci.bind).RoundTrip(r)
 	if err == nil {
 		st.touch()
+		st.details = "via_upstream"
 		// A 101's body is the upgraded connection (an io.ReadWriteCloser
 		// ReverseProxy splices): leave it as it is.
 		// The splice is not watched for activity, so the stream
@@ -448,20 +466,22 @@ func (p *Proxy) upstreamError(u *upstreamCluster, w http.ResponseWriter, r *http
 			st.rw.Header().Set("Connection", "close")
 		}
 		if errors.Is(cause, errRequestTimeout) {
-			st.localReply(http.StatusRequestTimeout, "request timeout", flagRequestTimeout)
+			st.localReply(http.StatusRequestTimeout, "request timeout", flagRequestTimeout, "request_overall_timeout")
 			return
 		}
-		st.localReply(http.StatusRequestTimeout, "stream timeout", flagStreamIdle)
+		st.localReply(http.StatusRequestTimeout, "stream timeout", flagStreamIdle, "stream_idle_timeout")
 	case errors.Is(cause, errRouteTimeout):
-		st.localReply(http.StatusGatewayTimeout, "upstream request timeout", flagUpstreamTimeout)
+		st.localReply(http.StatusGatewayTimeout, "upstream request timeout", flagUpstreamTimeout, "response_timeout")
 	case ce != nil:
-		st.localReply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flagConnectFailure)
+		st.localReply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flagConnectFailure,
+			"upstream_reset_before_response_started{connection_failure}")
 	case r.Context().Err() != nil && cause == r.Context().Err():
 		// The client went away.
 		st.flags = flagDownstreamReset
 		panic(http.ErrAbortHandler)
 	default:
-		st.localReply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination", flagUpstreamReset)
+		st.localReply(http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination", flagUpstreamReset,
+			"upstream_reset_before_response_started{connection_termination}")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	stdoutlog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -23,7 +24,8 @@ type hcmConfig struct {
 	streamIdle       time.Duration
 	requestTimeout   time.Duration
 	maxHeaderBytes   int
-	accessLog        bool
+	accessLog        bool             // the stdout logger
+	grpcLogs         []*grpcLogConfig // http_grpc loggers
 	useRemoteAddress bool
 	// generate_request_id (default true): add x-request-id when missing.
 	generateRequestID bool
@@ -200,14 +202,26 @@ func compileHCM(path string, h *hcm.HttpConnectionManager) (*hcmConfig, error) {
 		if err := onlyFields(ap, al, "name", "typed_config"); err != nil {
 			return nil, err
 		}
-		var so stdoutlog.StdoutAccessLog
-		if err := unpackAny(ap+".typed_config", al.GetTypedConfig(), &so); err != nil {
-			return nil, fmt.Errorf("%s: access logger %q is not supported by nodemesh-proxy (%s without log_format): %w", ap, al.GetName(), accessLogStdout, err)
+		// As in Envoy, the typed_config's type selects the logger.
+		switch al.GetTypedConfig().GetTypeUrl() {
+		case typeURLOf(&stdoutlog.StdoutAccessLog{}):
+			var so stdoutlog.StdoutAccessLog
+			if err := unpackAny(ap+".typed_config", al.GetTypedConfig(), &so); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(ap+".typed_config", &so); err != nil {
+				return nil, fmt.Errorf("%s: the proxy writes its own JSON line: %w", ap, err)
+			}
+			c.accessLog = true
+		case typeURLOf(&grpcals.HttpGrpcAccessLogConfig{}):
+			g, err := compileHTTPGRPCLog(ap+".typed_config", al.GetTypedConfig())
+			if err != nil {
+				return nil, err
+			}
+			c.grpcLogs = append(c.grpcLogs, g)
+		default:
+			return nil, fmt.Errorf("%s: access logger %q is not supported by nodemesh-proxy (%s without log_format, %s)", ap, al.GetName(), accessLogStdout, accessLogHTTPGRPC)
 		}
-		if err := onlyFields(ap+".typed_config", &so); err != nil {
-			return nil, fmt.Errorf("%s: the proxy writes its own JSON line: %w", ap, err)
-		}
-		c.accessLog = true
 	}
 	return c, nil
 }

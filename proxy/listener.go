@@ -10,6 +10,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"golang.org/x/sys/unix"
 )
@@ -20,7 +21,9 @@ const (
 	filterRBAC        = "envoy.filters.http.rbac"
 	filterRouter      = "envoy.filters.http.router"
 	listenerOrigDst   = "envoy.filters.listener.original_dst"
+	listenerOrigSrc   = "envoy.filters.listener.original_src"
 	accessLogStdout   = "envoy.access_loggers.stdout"
+	accessLogHTTPGRPC = "envoy.access_loggers.http_grpc"
 	transportRawBytes = "raw_buffer"
 )
 
@@ -34,12 +37,20 @@ type listenerConfig struct {
 	socket        socketKey
 	extraOpts     []intSockopt // socket_options
 	origDstFilter bool
+	origSrc       *originalSrc // the original_src listener filter, nil without
 	chains        []*filterChain
 	defaultChain  *filterChain
 	rdsNames      []string
 	raw           *listener.Listener
 	updated       time.Time
 	gen           uint64
+}
+
+// originalSrc is a compiled envoy.filters.listener.original_src: the
+// upstream connections of a connection it accepted are bound to the
+// client's IP (port 0: the kernel picks one at connect) and marked.
+type originalSrc struct {
+	mark uint32 // SO_MARK, 0: none
 }
 
 // socketKey is how the listening sockets are made: a listener update that
@@ -114,17 +125,33 @@ func compileListener(l *listener.Listener) (*listenerConfig, error) {
 		if err := onlyFields(fp, f, "name", "typed_config"); err != nil {
 			return nil, err
 		}
-		if f.GetName() != listenerOrigDst {
-			return nil, fmt.Errorf("%s: listener filter %q is not supported by nodemesh-proxy (%s)", fp, f.GetName(), listenerOrigDst)
+		switch f.GetName() {
+		case listenerOrigDst:
+			var od origdst.OriginalDst
+			if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &od); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(fp+".typed_config", &od); err != nil {
+				return nil, err
+			}
+			lc.origDstFilter = true
+		case listenerOrigSrc:
+			var os origsrc.OriginalSrc
+			if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &os); err != nil {
+				return nil, err
+			}
+			// bind_port (reuse the client's port too) is not implemented
+			// by Envoy either.
+			if err := onlyFields(fp+".typed_config", &os, "mark"); err != nil {
+				return nil, err
+			}
+			if lc.origSrc != nil {
+				return nil, fmt.Errorf("%s: %s is listed twice", fp, listenerOrigSrc)
+			}
+			lc.origSrc = &originalSrc{mark: os.GetMark()}
+		default:
+			return nil, fmt.Errorf("%s: listener filter %q is not supported by nodemesh-proxy (%s, %s)", fp, f.GetName(), listenerOrigDst, listenerOrigSrc)
 		}
-		var od origdst.OriginalDst
-		if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &od); err != nil {
-			return nil, err
-		}
-		if err := onlyFields(fp+".typed_config", &od); err != nil {
-			return nil, err
-		}
-		lc.origDstFilter = true
 	}
 	if len(l.GetFilterChains()) == 0 && l.GetDefaultFilterChain() == nil {
 		return nil, fmt.Errorf("%s: no filter chains", path)

@@ -15,6 +15,8 @@ type metrics struct {
 	xdsUpdates         *prometheus.CounterVec
 	xdsConnected       prometheus.Gauge
 	configVersion      *prometheus.GaugeVec
+	accessLogEntries   *prometheus.CounterVec
+	accessLogUp        *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -38,8 +40,13 @@ func newMetrics() *metrics {
 			Help: "1 while the ADS stream to the control plane is up."}),
 		configVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodemesh_proxy_config_version_info",
 			Help: "The version_info last accepted, by resource type (value 1)."}, []string{"type", "version"}),
+		accessLogEntries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_grpc_access_log_entries_total",
+			Help: "gRPC access log entries sent (written) or dropped because the queue was full or the logger stopped, by cluster and log name."},
+			[]string{"cluster", "log_name", "result"}),
+		accessLogUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodemesh_proxy_grpc_access_log_stream_up",
+			Help: "1 while a gRPC access log's stream to its service is up, by cluster and log name."}, []string{"cluster", "log_name"}),
 	}
 	m.reg.MustRegister(m.requests, m.rbac, m.connectFailures, m.downstreamCx, m.downstreamCxActive, m.noFilterChain,
-		m.xdsUpdates, m.xdsConnected, m.configVersion)
+		m.xdsUpdates, m.xdsConnected, m.configVersion, m.accessLogEntries, m.accessLogUp)
 	return m
 }

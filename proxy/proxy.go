@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,7 @@ type Proxy struct {
 	versions      map[string]string // type URL → last accepted version_info
 	acked         map[string]bool   // type URL → a response was accepted once
 	adminAddr     net.Addr
+	grpcLogs      map[grpcLogKey]*grpcLogger // the loggers listeners use
 }
 
 // resourceState is what /config_dump shows of one resource.
@@ -76,7 +78,7 @@ func New(cfg Config, logger *slog.Logger) *Proxy {
 		cfg: cfg, log: logger, metrics: newMetrics(), access: &accessLogger{w: out},
 		discardLog: log.New(io.Discard, "", 0),
 		listeners:  map[string]*listenerState{}, clusterStates: map[string]*resourceState{}, routeStates: map[string]*resourceState{},
-		versions: map[string]string{}, acked: map[string]bool{},
+		versions: map[string]string{}, acked: map[string]bool{}, grpcLogs: map[grpcLogKey]*grpcLogger{},
 	}
 	p.routes.Store(&map[string]*routeTable{})
 	p.clusters.Store(&map[string]*upstreamCluster{})
@@ -136,7 +138,8 @@ func (p *Proxy) ListenerAddr(name string) (netip.AddrPort, bool) {
 // applied and no listener is warming.
 func (p *Proxy) Ready() bool { return p.ready.Load() }
 
-// Close drains every listener.
+// Close drains every listener and stops the access loggers after they
+// sent what they hold (if their service is there; at most a few seconds).
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -146,6 +149,7 @@ func (p *Proxy) Close() {
 		}
 		delete(p.listeners, name)
 	}
+	p.pruneLogsLocked(true)
 }
 
 // Type URLs of the resources the proxy subscribes to.
@@ -199,6 +203,9 @@ func (p *Proxy) applyListeners(version string, ls []*listener.Listener) error {
 		}
 		lc, err := compileListener(l)
 		if err == nil {
+			err = p.resolveLogsLocked(lc)
+		}
+		if err == nil {
 			lc.version, lc.updated = version, time.Now()
 			err = p.installListener(old, lc, routes)
 		}
@@ -213,8 +220,74 @@ func (p *Proxy) applyListeners(version string, ls []*listener.Listener) error {
 		}
 	}
 	p.pruneRoutesLocked()
+	p.pruneLogsLocked(false)
 	p.updateReadyLocked()
 	return errors.Join(errs...)
+}
+
+// resolveLogsLocked gives each gRPC access log of lc its logger, started
+// on first use. Its cluster must be one of the proxy's static gRPC
+// clusters (Config.GRPCClusters), as Envoy requires a bootstrap cluster.
+func (p *Proxy) resolveLogsLocked(lc *listenerConfig) error {
+	var logs []*grpcLogConfig
+	for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
+		if c != nil {
+			logs = append(logs, c.hcm.grpcLogs...)
+		}
+	}
+	for _, g := range logs {
+		if _, ok := p.cfg.GRPCClusters[g.key.cluster]; !ok {
+			return fmt.Errorf("%s: %q is not a static gRPC cluster of the proxy (%s; Envoy needs it in the bootstrap's static_resources)",
+				g.clusterPath, g.key.cluster, strings.Join(slices.Sorted(maps.Keys(p.cfg.GRPCClusters)), ", "))
+		}
+	}
+	for _, g := range logs {
+		l := p.grpcLogs[g.key]
+		if l == nil {
+			l = p.newGRPCLogger(g.key, p.cfg.GRPCClusters[g.key.cluster])
+			p.grpcLogs[g.key] = l
+		}
+		g.logger = l
+	}
+	return nil
+}
+
+// pruneLogsLocked stops the loggers no listener configuration (active or
+// warming) uses any more; wait: until they sent what they hold, or gave
+// up (a second or two).
+func (p *Proxy) pruneLogsLocked(wait bool) {
+	used := map[grpcLogKey]bool{}
+	for _, st := range p.listeners {
+		if st.rt == nil {
+			continue
+		}
+		cfgs := []*listenerConfig{st.rt.cfg.Load()}
+		st.rt.mu.Lock()
+		cfgs = append(cfgs, st.rt.pending)
+		st.rt.mu.Unlock()
+		for _, lc := range cfgs {
+			if lc == nil {
+				continue
+			}
+			for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
+				if c != nil {
+					for _, g := range c.hcm.grpcLogs {
+						used[g.key] = true
+					}
+				}
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for k, l := range p.grpcLogs {
+		if !used[k] {
+			delete(p.grpcLogs, k)
+			wg.Go(func() { l.close(2 * time.Second) })
+		}
+	}
+	if wait {
+		wg.Wait()
+	}
 }
 
 // installListener binds or updates the runtime of one compiled listener.

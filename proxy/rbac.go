@@ -16,10 +16,11 @@ import (
 // rbacFilter is a compiled envoy.filters.http.rbac. A nil rules field means
 // the filter allows everything (Envoy: "rules" unset disables the filter).
 type rbacFilter struct {
-	name     string
-	enabled  bool
-	deny     bool // action DENY: a matching policy denies; ALLOW: a matching policy allows
-	policies []rbacPolicy
+	name       string
+	statPrefix string // rules_stat_prefix: prefixes the dynamic metadata keys too
+	enabled    bool
+	deny       bool // action DENY: a matching policy denies; ALLOW: a matching policy allows
+	policies   []rbacPolicy
 }
 
 // rbacPolicy is one named policy: it matches when any permission and any
@@ -57,7 +58,7 @@ func compileRBAC(path, name string, a *anypb.Any) (*rbacFilter, error) {
 	if err := onlyFields(path, &cfg, "rules", "rules_stat_prefix", "shadow_rules_stat_prefix", "track_per_rule_stats"); err != nil {
 		return nil, err
 	}
-	f := &rbacFilter{name: name}
+	f := &rbacFilter{name: name, statPrefix: cfg.GetRulesStatPrefix()}
 	if cfg.Rules == nil {
 		return f, nil
 	}

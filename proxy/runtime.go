@@ -246,7 +246,7 @@ func (lr *listenerRuntime) acceptLoop(ln net.Listener) {
 // closed) and count.
 func (lr *listenerRuntime) dispatch(c net.Conn) {
 	lc := lr.cfg.Load()
-	ci := newConnInfo(lr, c, lc.origDstFilter)
+	ci := newConnInfo(lr, c, lc)
 	lr.p.metrics.downstreamCx.WithLabelValues(lr.name).Inc()
 	fc := lc.selectChain(ci.origDst, ci.remote)
 	if fc == nil {
@@ -333,7 +333,19 @@ type connInfo struct {
 	local    netip.AddrPort // the accepted socket's local address
 	origDst  netip.AddrPort // the original destination
 	restored bool           // origDst is not simply the listener's own address
-	cache    atomic.Pointer[chainChoice]
+	// bind is fixed at accept by the listener filters, as Envoy sets a
+	// connection's upstream socket options once.
+	bind  upstreamBind
+	cache atomic.Pointer[chainChoice]
+}
+
+// upstreamBind is how the upstream connections of a downstream connection
+// are bound. The zero value leaves the source to the cluster
+// (source_address) or the kernel. Connections with different binds never
+// share an upstream connection.
+type upstreamBind struct {
+	src  netip.Addr // original_src: the client's IP
+	mark uint32     // original_src's SO_MARK, 0: none
 }
 
 type chainChoice struct {
@@ -343,16 +355,19 @@ type chainChoice struct {
 
 type connKey struct{}
 
-func newConnInfo(lr *listenerRuntime, c net.Conn, origDstFilter bool) *connInfo {
+func newConnInfo(lr *listenerRuntime, c net.Conn, lc *listenerConfig) *connInfo {
 	ci := &connInfo{lr: lr, remote: unmap(c.RemoteAddr()), local: unmap(c.LocalAddr())}
 	ci.origDst = ci.local
 	// With IP_TRANSPARENT (TPROXY, bpf_sk_assign) the accepted socket's
 	// local address is the destination the client dialed.
 	ci.restored = lr.socket.transparent
-	if origDstFilter {
+	if lc.origDstFilter {
 		if od, ok := originalDst(c); ok && od != ci.local {
 			ci.origDst, ci.restored = od, true
 		}
+	}
+	if lc.origSrc != nil && ci.remote.IsValid() {
+		ci.bind = upstreamBind{src: ci.remote.Addr(), mark: lc.origSrc.mark}
 	}
 	return ci
 }

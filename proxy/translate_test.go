@@ -3,6 +3,7 @@ package proxy
 import (
 	"strings"
 	"testing"
+	"time"
 
 	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -11,13 +12,16 @@ import (
 	rbac "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	fileal "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	stdoutlog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tls "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	tracingtype "github.com/envoyproxy/go-control-plane/envoy/type/tracing/v3"
 	expr "google.golang.org/genproto/googleapis/api/expr/v1alpha1"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -69,6 +73,45 @@ func TestTranslateListener(t *testing.T) {
 			l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.original_dst",
 				ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: pt.Any(&origdst.OriginalDst{})}}}
 		})},
+		{name: "original_src listener filter", l: testListener(pt.Transparent, pt.OriginalSrc(0xa00))},
+		{name: "original_src bind_port", wantErr: `listener "l7".listener_filters[0].typed_config: field bind_port not supported by nodemesh-proxy`,
+			l: testListener(func(l *listener.Listener) {
+				l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.original_src",
+					ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: pt.Any(&origsrc.OriginalSrc{BindPort: true, Mark: 1})}}}
+			})},
+		{name: "original_src twice", wantErr: "listener_filters[1]: envoy.filters.listener.original_src is listed twice",
+			l: testListener(pt.OriginalSrc(1), pt.OriginalSrc(2))},
+		{name: "original_src with an original_dst config", wantErr: `listener_filters[0].typed_config: typed_config type "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst" is not supported`,
+			l: testListener(func(l *listener.Listener) {
+				l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.original_src",
+					ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: pt.Any(&origdst.OriginalDst{})}}}
+			})},
+		{name: "grpc access log", l: testListener(withHCM(pt.WithGRPCAccessLog("als", "inbound", pt.FlushInterval(50*time.Millisecond), func(c *grpcals.CommonGrpcAccessLogConfig) {
+			c.BufferSizeBytes = wrapperspb.UInt32(0)
+		})))},
+		{name: "grpc access log over google_grpc", wantErr: `access_log[0].typed_config.common_config.grpc_service: field google_grpc not supported`,
+			l: testListener(withHCM(pt.WithGRPCAccessLog("als", "inbound", func(c *grpcals.CommonGrpcAccessLogConfig) {
+				c.GrpcService = &core.GrpcService{TargetSpecifier: &core.GrpcService_GoogleGrpc_{GoogleGrpc: &core.GrpcService_GoogleGrpc{TargetUri: "x"}}}
+			})))},
+		{name: "grpc access log timeout", wantErr: `grpc_service: field timeout not supported`,
+			l: testListener(withHCM(pt.WithGRPCAccessLog("als", "inbound", func(c *grpcals.CommonGrpcAccessLogConfig) {
+				c.GrpcService.Timeout = durationpb.New(time.Second)
+			})))},
+		{name: "grpc access log AUTO transport", wantErr: `common_config.transport_api_version: AUTO is not supported (V3)`,
+			l: testListener(withHCM(pt.WithGRPCAccessLog("als", "inbound", func(c *grpcals.CommonGrpcAccessLogConfig) {
+				c.TransportApiVersion = core.ApiVersion_AUTO
+			})))},
+		{name: "grpc access log custom tags", wantErr: `common_config: field custom_tags not supported`,
+			l: testListener(withHCM(pt.WithGRPCAccessLog("als", "inbound", func(c *grpcals.CommonGrpcAccessLogConfig) {
+				c.CustomTags = []*tracingtype.CustomTag{{Tag: "direction", Type: &tracingtype.CustomTag_Literal_{Literal: &tracingtype.CustomTag_Literal{Value: "in"}}}}
+			})))},
+		{name: "grpc access log extra headers", wantErr: `access_log[0].typed_config: field additional_request_headers_to_log not supported`,
+			l: testListener(withHCM(func(h *hcm.HttpConnectionManager) {
+				h.AccessLog = []*accesslog.AccessLog{{Name: "envoy.access_loggers.http_grpc", ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: pt.Any(
+					&grpcals.HttpGrpcAccessLogConfig{AdditionalRequestHeadersToLog: []string{"x-a"}})}}}
+			}))},
+		{name: "grpc access log without log name", wantErr: `common_config.log_name: is required`,
+			l: testListener(withHCM(pt.WithGRPCAccessLog("als", "")))},
 		{name: "filter chain match", l: testListener(func(l *listener.Listener) {
 			l.FilterChains[0].FilterChainMatch = &listener.FilterChainMatch{
 				DestinationPort: wrapperspb.UInt32(80), PrefixRanges: cidrs("10.0.0.0/8"), SourcePrefixRanges: cidrs("10.1.0.0/16"),

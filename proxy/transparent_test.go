@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,8 +22,6 @@ import (
 	pt "github.com/nodemesh/nodemesh/proxy/proxytest"
 )
 
-const netnsChildEnv = "NODEMESH_PROXY_TEST_NETNS_CHILD"
-
 // TestTransparentOriginalDst runs the proxy with a transparent listener
 // in a network namespace of its own, where 10.99.0.0/24 is local
 // (AnyIP) and TPROXY steers new TCP flows toward it to the listener unless the
@@ -35,7 +32,7 @@ const netnsChildEnv = "NODEMESH_PROXY_TEST_NETNS_CHILD"
 // backend answers. The test re-runs itself inside the namespace, so every
 // socket of the scenario lives there.
 func TestTransparentOriginalDst(t *testing.T) {
-	if os.Getenv(netnsChildEnv) != "" {
+	if pt.InNetnsChild() {
 		transparentChild(t)
 		return
 	}
@@ -47,41 +44,15 @@ func TestTransparentOriginalDst(t *testing.T) {
 			t.Fatalf("%s is missing (scripts/deps.sh installs iproute2 and iptables): %v", tool, err)
 		}
 	}
-	ns := fmt.Sprintf("nmproxy-%d", os.Getpid())
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("ip", "netns", "add", ns)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v\n%s", ns, err, out)
-		}
-	})
-	run("ip", "-n", ns, "link", "set", "lo", "up")
-	run("ip", "-n", ns, "route", "add", "local", "10.99.0.0/24", "dev", "lo")
 	// Only SYNs need steering: later packets find the accepted socket in
 	// the established table. (Steering every packet would also catch the
 	// listener's SYN-ACK, which loops back through lo here, unlike on a
 	// node where it leaves through a device.)
-	run("ip", "netns", "exec", ns, "iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--syn", "-d", "10.99.0.0/24",
-		"-m", "mark", "!", "--mark", "0xb00/0xf00", "-j", "TPROXY", "--on-ip", "127.0.0.1", "--on-port", "15006", "--tproxy-mark", "0x200/0xf00")
-
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	args := []string{"netns", "exec", ns, os.Args[0], "-test.run", "^TestTransparentOriginalDst$", "-test.count", "1"}
-	if testing.Verbose() {
-		args = append(args, "-test.v")
-	}
-	cmd := exec.CommandContext(ctx, "ip", args...)
-	cmd.Env = append(os.Environ(), netnsChildEnv+"=1")
-	out, err := cmd.CombinedOutput()
-	t.Logf("in netns %s:\n%s", ns, out)
-	if err != nil {
-		t.Fatalf("the scenario in the namespace failed: %v", err)
-	}
+	pt.RunInNetns(t, "^TestTransparentOriginalDst$",
+		[]string{"ip", "link", "set", "lo", "up"},
+		[]string{"ip", "route", "add", "local", "10.99.0.0/24", "dev", "lo"},
+		[]string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--syn", "-d", "10.99.0.0/24",
+			"-m", "mark", "!", "--mark", "0xb00/0xf00", "-j", "TPROXY", "--on-ip", "127.0.0.1", "--on-port", "15006", "--tproxy-mark", "0x200/0xf00"})
 }
 
 func transparentChild(t *testing.T) {

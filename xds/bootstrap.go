@@ -16,15 +16,26 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// XDSClusterName is the bootstrap's static cluster of the agent's xDS
-// server.
-const XDSClusterName = "nodemesh-xds"
+// Static clusters of the bootstrap, both on the agent's unix socket: one
+// gRPC server there serves ADS and the access log service.
+const (
+	// XDSClusterName is the bootstrap's static cluster of the agent's xDS
+	// server.
+	XDSClusterName = "nodemesh-xds"
+	// AccessLogClusterName is the bootstrap's static cluster of the agent's
+	// access log service (AccessLogServer), which the listeners' http_grpc
+	// access logs name. Envoy requires a gRPC service's cluster to be
+	// static, so an Envoy bootstrapped without it refuses the listeners.
+	AccessLogClusterName = "nodemesh-als"
+)
 
 // Bootstrap returns an Envoy bootstrap (JSON, which Envoy reads as YAML
 // too) for the proxy of node: node.id is the node name, and listeners,
 // clusters and the routes they name come over one state-of-the-world ADS
-// stream from the agent's unix socket at socketPath. Envoy needs
-// CAP_NET_ADMIN for the transparent listeners and the upstream mark.
+// stream from the agent's unix socket at socketPath; access log entries go
+// to the same socket (AccessLogClusterName). Envoy needs CAP_NET_ADMIN for
+// the transparent listeners, the original source address and the upstream
+// mark.
 func Bootstrap(node, socketPath string) ([]byte, error) {
 	var errs []error
 	if node == "" {
@@ -50,7 +61,10 @@ func Bootstrap(node, socketPath string) ([]byte, error) {
 			LdsConfig: adsConfigSource(),
 			CdsConfig: adsConfigSource(),
 		},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xdsCluster(socketPath)}},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{
+			grpcCluster(XDSClusterName, socketPath),
+			grpcCluster(AccessLogClusterName, socketPath),
+		}},
 	}
 	if err := Validate(b); err != nil {
 		return nil, fmt.Errorf("bootstrap: generated bootstrap is invalid: %w", err)
@@ -58,14 +72,14 @@ func Bootstrap(node, socketPath string) ([]byte, error) {
 	return protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(b)
 }
 
-// xdsCluster reaches the agent over its unix socket with HTTP/2 (gRPC).
-func xdsCluster(socketPath string) *clusterv3.Cluster {
+// grpcCluster reaches the agent over its unix socket with HTTP/2 (gRPC).
+func grpcCluster(name, socketPath string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		Name:                 XDSClusterName,
+		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(time.Second),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: XDSClusterName,
+			ClusterName: name,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 					Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: socketPath}}},

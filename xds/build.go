@@ -6,12 +6,15 @@ package xds
 // Per direction (inbound: ingress L7 of local pods; outbound: egress L7 of
 // local pods) there is one transparent listener, one route configuration
 // (served by RDS) and one ORIGINAL_DST cluster, each only when some local
-// pod has a redirect entry in that direction. A listener has a filter chain
-// per local pod and port, selected by filter_chain_match: the pod's
-// addresses as destination (inbound) or source (outbound) and the
-// destination port. Each chain runs an HTTP connection manager with the
-// RBAC filter (ALLOW policies: one per HTTP rule set, its principals or
-// destination the peers whose entries carry it) and the router.
+// pod has a redirect entry in that direction. A listener has the
+// original_src listener filter (upstream connections come from the
+// client's address, marked) and a filter chain per local pod and port,
+// selected by filter_chain_match: the pod's addresses as destination
+// (inbound) or source (outbound) and the destination port. Each chain runs
+// an HTTP connection manager with the RBAC filter (ALLOW policies: one per
+// HTTP rule set, its principals or destination the peers whose entries
+// carry it) and the router, and logs every request to the agent's access
+// log service (http_grpc, log name per direction).
 //
 // Envoy selects a chain level by level — destination port first, then
 // addresses — and does not backtrack, so a chain with a port hides every
@@ -30,13 +33,16 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -61,6 +67,14 @@ const (
 	OutboundClusterName  = "nodemesh-outbound-original-dst"
 )
 
+// Log names of the HTTP gRPC access logs of each direction's listener:
+// the log_name the proxy announces on its access log stream, from which
+// AccessLogServer tells the directions apart.
+const (
+	InboundAccessLogName  = "nodemesh-inbound"
+	OutboundAccessLogName = "nodemesh-outbound"
+)
+
 // Linux socket option numbers for the upstream mark; Envoy passes them to
 // setsockopt as they are.
 const (
@@ -74,6 +88,7 @@ type direction struct {
 	name           string // "inbound" / "outbound"
 	listener       string
 	route, cluster string
+	logName        string
 	port           uint16
 	mark           uint32
 	traffic        corev3.TrafficDirection
@@ -81,8 +96,8 @@ type direction struct {
 
 func directions(cfg Config) []direction {
 	return []direction{
-		{policy.Ingress, "inbound", InboundListenerName, InboundRouteName, InboundClusterName, cfg.InboundPort, MarkProxyIngress, corev3.TrafficDirection_INBOUND},
-		{policy.Egress, "outbound", OutboundListenerName, OutboundRouteName, OutboundClusterName, cfg.OutboundPort, MarkProxyEgress, corev3.TrafficDirection_OUTBOUND},
+		{policy.Ingress, "inbound", InboundListenerName, InboundRouteName, InboundClusterName, InboundAccessLogName, cfg.InboundPort, MarkProxyIngress, corev3.TrafficDirection_INBOUND},
+		{policy.Egress, "outbound", OutboundListenerName, OutboundRouteName, OutboundClusterName, OutboundAccessLogName, cfg.OutboundPort, MarkProxyEgress, corev3.TrafficDirection_OUTBOUND},
 	}
 }
 
@@ -432,6 +447,28 @@ func makeHTTPConnectionManager(d direction, rbac *rbacfilter.RBAC) *hcmv3.HttpCo
 		GenerateRequestId:          wrapperspb.Bool(false),
 		ServerHeaderTransformation: hcmv3.HttpConnectionManager_PASS_THROUGH,
 		UpgradeConfigs:             []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+		AccessLog:                  []*accesslogv3.AccessLog{accessLog(d)},
+	}
+}
+
+// accessLog sends every request's entry to the agent's access log service
+// (AccessLogServer) over the bootstrap's static AccessLogClusterName: the
+// RBAC filter's verdict and matched policy travel in the entry's dynamic
+// metadata and response_code_details, as upstream Envoy fills them. Envoy
+// buffers entries (1 s or 16 KiB) and drops them rather than stall
+// requests when the agent is slow or gone.
+func accessLog(d direction) *accesslogv3.AccessLog {
+	return &accesslogv3.AccessLog{
+		Name: wellknown.HTTPGRPCAccessLog,
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: typed(&grpcalsv3.HttpGrpcAccessLogConfig{
+			CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
+				LogName: d.logName,
+				GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: AccessLogClusterName},
+				}},
+				TransportApiVersion: corev3.ApiVersion_V3,
+			},
+		})},
 	}
 }
 
@@ -452,13 +489,26 @@ func socketAddress(addr string, port uint16) *corev3.Address {
 // IPv6 ones when a chain needs them). The datapath hands it connections
 // with bpf_sk_assign, so a socket's local address is the original
 // destination: no original_dst listener filter is needed.
+//
+// The original_src listener filter makes every upstream connection of a
+// downstream connection come from the client's IP (port chosen by the
+// kernel), because the destination's datapath identifies the client by
+// its source address: without it, the node's address would stand for
+// every client the proxy serves. The filter's mark is the direction's, the
+// same value the cluster sets with SO_MARK (in Envoy and nodemesh-proxy
+// the cluster's socket options are applied after the filter's, so the
+// cluster's would win; the build tests hold them equal).
 func makeListener(d direction, chains []*listenerv3.FilterChain, v6 bool) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             d.listener,
 		Address:          socketAddress("0.0.0.0", d.port),
 		Transparent:      wrapperspb.Bool(true),
 		TrafficDirection: d.traffic,
-		FilterChains:     chains,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       wellknown.OriginalSource,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: typed(&origsrcv3.OriginalSrc{Mark: d.mark})},
+		}},
+		FilterChains: chains,
 	}
 	if v6 {
 		l.AdditionalAddresses = []*listenerv3.AdditionalAddress{{Address: socketAddress("::", d.port)}}

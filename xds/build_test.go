@@ -8,8 +8,11 @@ import (
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	origsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -125,9 +128,39 @@ func checkResources(t *testing.T, r *xds.Resources) {
 		if !l.GetTransparent().GetValue() || l.GetAddress().GetSocketAddress().GetAddress() != "0.0.0.0" {
 			t.Errorf("listener %s: want transparent on 0.0.0.0: %v", l.GetName(), l.GetAddress())
 		}
+		d := sides[l.GetName()]
+		// Upstream connections come from the client's address, with the
+		// direction's mark: the filter's and the cluster's agree.
+		if c := clusterByName(r, d.cluster); c != nil {
+			client := xdstest.Conn{Src: netip.MustParseAddrPort("10.9.8.7:40000"), Dst: netip.MustParseAddrPort("10.0.2.10:80")}
+			up, err := xdstest.UpstreamOf(l, c, client)
+			if err != nil || up != (xdstest.Upstream{Src: client.Src.Addr(), Mark: d.mark}) {
+				t.Errorf("listener %s: upstream %+v, %v; want from the client's address with mark 0x%x", l.GetName(), up, err, d.mark)
+			}
+			if fs := l.GetListenerFilters(); len(fs) != 1 {
+				t.Errorf("listener %s: want only original_src, got %v", l.GetName(), fs)
+			} else if os := (&origsrcv3.OriginalSrc{}); fs[0].GetTypedConfig().UnmarshalTo(os) != nil || os.GetMark() != d.mark {
+				t.Errorf("listener %s: original_src %v, want mark 0x%x as the cluster's", l.GetName(), fs[0], d.mark)
+			}
+		} else {
+			t.Errorf("listener %s: no cluster %s", l.GetName(), d.cluster)
+		}
 		for _, fc := range l.GetFilterChains() {
-			if _, _, err := xdstest.ChainRBAC(fc); err != nil {
+			hcm, _, err := xdstest.ChainRBAC(fc)
+			if err != nil {
 				t.Error(err)
+				continue
+			}
+			als := hcm.GetAccessLog()
+			cfg := &grpcalsv3.HttpGrpcAccessLogConfig{}
+			if len(als) != 1 || als[0].GetName() != "envoy.access_loggers.http_grpc" || als[0].GetTypedConfig().UnmarshalTo(cfg) != nil {
+				t.Errorf("chain %s: want one http_grpc access log, got %v", fc.GetName(), als)
+				continue
+			}
+			cc := cfg.GetCommonConfig()
+			if cc.GetLogName() != d.logName || cc.GetGrpcService().GetEnvoyGrpc().GetClusterName() != xds.AccessLogClusterName ||
+				cc.GetTransportApiVersion() != corev3.ApiVersion_V3 {
+				t.Errorf("chain %s: access log %v, want log %s to cluster %s over V3", fc.GetName(), cc, d.logName, xds.AccessLogClusterName)
 			}
 		}
 	}
@@ -144,6 +177,24 @@ func checkResources(t *testing.T, r *xds.Resources) {
 			t.Errorf("cluster %s: want SO_MARK 0x%x, got %v", c.GetName(), want, opts)
 		}
 	}
+}
+
+// sides are what each listener's direction must use.
+var sides = map[string]struct {
+	cluster, logName string
+	mark             uint32
+}{
+	xds.InboundListenerName:  {xds.InboundClusterName, xds.InboundAccessLogName, xds.MarkProxyIngress},
+	xds.OutboundListenerName: {xds.OutboundClusterName, xds.OutboundAccessLogName, xds.MarkProxyEgress},
+}
+
+func clusterByName(r *xds.Resources, name string) *clusterv3.Cluster {
+	for _, c := range r.Clusters {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	return nil
 }
 
 func listener(r *xds.Resources, name string) *listenerv3.Listener {

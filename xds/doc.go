@@ -1,6 +1,7 @@
 // Package xds is the agent's xDS control plane: it turns the redirect
 // entries of the compiled policy tables of a node's pods into Envoy
-// configuration for the node's proxy and serves it over ADS.
+// configuration for the node's proxy, serves it over ADS, and receives the
+// proxy's access logs.
 //
 // # Contract
 //
@@ -13,8 +14,22 @@
 // policy.Evaluator on random worlds, through an emulation of Envoy's filter
 // chain selection and RBAC evaluation (package xdstest).
 //
+// Upstream connections come from the client's address: the listeners'
+// original_src filter binds them to the downstream peer's IP, because the
+// destination's datapath identifies the client by its source address
+// (xdstest.UpstreamOf emulates it; TestRBACSemantics checks it on every
+// redirected flow). Every request is logged to the agent's access log
+// service (http_grpc, log name per direction, over the bootstrap's
+// static AccessLogClusterName), which AccessLogServer turns into
+// L7Events: client, original destination, direction, method, path,
+// authority, status, the RBAC verdict and the policy that allowed it.
+// TestL7Transparent runs a node so in a network namespace: Build's
+// configuration served by Server to nodemesh-proxy, TPROXY standing in
+// for the datapath's steering, real requests in both directions.
+//
 // The configuration uses only upstream Envoy extensions
-// (http_connection_manager, the rbac and router HTTP filters, ORIGINAL_DST
+// (http_connection_manager, the rbac and router HTTP filters, the
+// original_src listener filter, the http_grpc access logger, ORIGINAL_DST
 // clusters); every resource passes go-control-plane's validation, nested
 // typed configs included (Validate), and every snapshot is Consistent().
 // Build is deterministic: the same Input gives byte-identical resources,
@@ -29,10 +44,11 @@
 //	rbac.go        HTTP rules and address sets → RBAC permissions and principals
 //	build.go       Build: listeners, routes, clusters; Resources → snapshot
 //	validate.go    Validate: ValidateAll, into Any fields too
-//	server.go      Server: SetNode, Serve (ADS over a unix socket)
+//	server.go      Server: SetNode, Serve (ADS and access logs over a unix socket), OnL7Event
 //	status.go      ACK/NACK tracking from the server callbacks, Status, WaitAcked
+//	accesslog.go   AccessLogServer: the proxies' HTTP access log entries → L7Event
 //	configdump.go  ConfigDump in Envoy's admin config_dump format
-//	bootstrap.go   Bootstrap for an Envoy that takes ADS from the agent
+//	bootstrap.go   Bootstrap for an Envoy that takes ADS from the agent and logs to it
 //
 // # Ordering with the datapath
 //
@@ -42,5 +58,15 @@
 // *NACKError. When redirects go away, the datapath should stop steering
 // before the listeners are removed. Upstream connections of the proxy
 // carry MarkProxyIngress or MarkProxyEgress (SO_MARK) so that the
-// datapath does not steer them again.
+// datapath does not steer them again; their source address is the
+// client's, so the packets back to it must be delivered to the proxy's
+// socket on the node rather than routed to the client.
+//
+// # Observing requests
+//
+// Server.OnL7Event sets the function that receives an L7Event per request
+// any connected proxy (Envoy or nodemesh-proxy) handled; it is called on
+// the proxy's log stream and should not block. Proxies buffer entries
+// (about a second) and drop them rather than slow requests when the agent
+// is away or slow.
 package xds

@@ -123,6 +123,10 @@ func TestRBACSemantics(t *testing.T) {
 					continue
 				}
 				redirected++
+				// The destination's datapath sees the client's address.
+				if up, err := xdstest.UpstreamOf(l, clusterByName(resources(d.local.Endpoint.Node), sides[d.listener].cluster), c); err != nil || up.Src != c.Src.Addr() {
+					t.Fatalf("seed %d: %s of %s -> %s:%d: upstream %+v, %v; want from %v", seed, d.name, f.From, f.To, got.Port, up, err, c.Src.Addr())
+				}
 				fc := findChain(t, l, c)
 				if fc == nil {
 					t.Fatalf("seed %d: %s of %s -> %s:%d is redirected but no chain of %s serves it\ntable:\n%v", seed, d.name, f.From, f.To, got.Port, d.listener, table(eng, d.local.Endpoint.Key()))

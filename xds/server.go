@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -24,6 +25,9 @@ import (
 
 // Server serves each node's proxy its configuration over ADS (gRPC,
 // state-of-the-world and delta) and tracks what each proxy acknowledged.
+// On the same gRPC server it receives the proxies' HTTP access logs
+// (AccessLogServer), delivered as L7Events to the function set with
+// OnL7Event.
 //
 // Lock order: setMu, then mu. The snapshot cache is called with setMu held
 // but never mu: its responses reach the callbacks, which take mu, on the
@@ -32,6 +36,7 @@ type Server struct {
 	log     *slog.Logger
 	cache   cache.SnapshotCache
 	metrics *metrics
+	als     *AccessLogServer
 	now     func() time.Time
 
 	setMu sync.Mutex // serializes SetNode/RemoveNode so the cache sees versions in the order status does
@@ -50,6 +55,7 @@ func NewServer(log *slog.Logger, reg prometheus.Registerer) *Server {
 	s := &Server{
 		log:     log,
 		metrics: newMetrics(),
+		als:     NewAccessLogServer(log, reg),
 		now:     time.Now,
 		nodes:   map[string]*nodeState{},
 		streams: map[streamKey]*streamState{},
@@ -60,6 +66,11 @@ func NewServer(log *slog.Logger, reg prometheus.Registerer) *Server {
 	}
 	return s
 }
+
+// OnL7Event sets the function that receives the proxies' access log
+// entries as events (nil drops them); see AccessLogServer.OnL7Event. It
+// may be called before or after Serve.
+func (s *Server) OnL7Event(fn func(L7Event)) { s.als.OnL7Event(fn) }
 
 // SetNode builds the configuration of node's proxy from in and serves it;
 // it returns the version to wait for (WaitAcked). Setting the same contents
@@ -123,8 +134,9 @@ func (s *Server) Resources(node string) *Resources {
 	return nil
 }
 
-// Serve serves ADS on the unix socket path until ctx ends. A stale socket
-// at path is replaced; any other file there is an error.
+// Serve serves ADS and the access log service on the unix socket path
+// until ctx ends. A stale socket at path is replaced; any other file there
+// is an error.
 func (s *Server) Serve(ctx context.Context, path string) error {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
@@ -160,7 +172,9 @@ func (s *Server) serve(ctx context.Context, lis net.Listener) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	)
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(ctx, parkingCache{s}, (*callbacks)(s)))
-	s.log.Info("xds: serving ADS", "address", lis.Addr().String())
+	// Access log streams last as long as the proxy: they end with ctx too.
+	accesslogv3.RegisterAccessLogServiceServer(gs, alsHandler{a: s.als, ctx: ctx})
+	s.log.Info("xds: serving ADS and access logs", "address", lis.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	select {

@@ -15,6 +15,7 @@ import (
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -388,6 +389,15 @@ func testServer(t *testing.T, delta bool) {
 		ld.GetDynamicListeners()[0].GetActiveState().GetLastUpdated() == nil {
 		t.Errorf("listeners dump after ACK: %v", ld)
 	}
+	// The dump shows the listener as served: original_src and the
+	// access log inside, typed configs resolved.
+	if l := (&listenerv3.Listener{}); ld.GetDynamicListeners()[0].GetActiveState().GetListener().UnmarshalTo(l) != nil ||
+		len(l.GetListenerFilters()) != 1 || l.GetListenerFilters()[0].GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc" {
+		t.Errorf("dumped listener lacks original_src: %v", l)
+	}
+	if b, err := s.ConfigDump(node, "listeners"); err != nil || !strings.Contains(string(b), "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig") {
+		t.Errorf("listeners dump lacks the access log: %v", err)
+	}
 	if d := dump(t, s, node, ""); len(d.GetConfigs()) != 4 {
 		t.Errorf("full dump: %d sections, want clusters, listeners, routes, secrets", len(d.GetConfigs()))
 	}
@@ -507,9 +517,17 @@ func TestBootstrap(t *testing.T) {
 		bs.GetDynamicResources().GetLdsConfig().GetAds() == nil || bs.GetDynamicResources().GetCdsConfig().GetAds() == nil {
 		t.Errorf("bootstrap: %s", b)
 	}
+	// ADS and the access log service share the agent's socket; the
+	// access log cluster must be static (Envoy refuses a gRPC service on
+	// a dynamic one), and be the one the generated listeners name.
 	cl := bs.GetStaticResources().GetClusters()
-	if len(cl) != 1 || cl[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetPipe().GetPath() != "/run/nodemesh/node-2/xds.sock" {
-		t.Errorf("xds cluster: %v", cl)
+	if len(cl) != 2 || cl[0].GetName() != xds.XDSClusterName || cl[1].GetName() != xds.AccessLogClusterName {
+		t.Fatalf("static clusters: %v", cl)
+	}
+	for _, c := range cl {
+		if c.GetType() != clusterv3.Cluster_STATIC || c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetPipe().GetPath() != "/run/nodemesh/node-2/xds.sock" {
+			t.Errorf("cluster %s: want STATIC on the agent's socket: %v", c.GetName(), c)
+		}
 	}
 	for _, tc := range []struct{ node, path, wantErr string }{
 		{"", "/x.sock", "empty node name"},

@@ -252,10 +252,11 @@ and exits; with --follow it keeps printing new events until interrupted.`,
 	f.bind(c)
 	c.Flags().IntVar(&req.Last, "last", 20, "print the last N recorded events first (-1: all)")
 	c.Flags().BoolVarP(&req.Follow, "follow", "f", false, "keep printing new events")
-	c.Flags().StringVar(&req.Verdict, "verdict", "", "only forwarded or dropped events")
+	c.Flags().StringVar(&req.Verdict, "verdict", "", "only forwarded, dropped or redirected events (L7 requests: forwarded or dropped)")
 	c.Flags().StringVar(&req.FromPod, "from-pod", "", "only events from this pod (namespace/pod)")
 	c.Flags().StringVar(&req.ToPod, "to-pod", "", "only events to this pod (namespace/pod)")
 	c.Flags().IntVar(&req.Port, "port", 0, "only events to this destination port")
+	c.Flags().BoolVar(&req.L7, "l7", false, "only the node proxy's HTTP request events (method, path, status, rule)")
 	return c
 }
 
@@ -270,8 +271,19 @@ func formatEvent(e *agent.FlowEvent) string {
 		}
 		return name
 	}
-	return fmt.Sprintf("%s  %s -> %s %s  %-7s %s (%s)", e.Time.Local().Format("Jan _2 15:04:05.000"),
+	line := fmt.Sprintf("%s  %s -> %s %s  %-7s %s (%s)", e.Time.Local().Format("Jan _2 15:04:05.000"),
 		side(e.Src, e.SrcPort), side(e.Dst, e.DstPort), e.Proto, e.Direction, strings.ToUpper(e.Verdict), e.Reason)
+	if l := e.L7; l != nil {
+		status := "no response"
+		if l.Status != 0 {
+			status = fmt.Sprint(l.Status)
+		}
+		line += fmt.Sprintf("  %s %s -> %s", l.Method, l.Path, status)
+		if l.Rule != "" {
+			line += "  rule " + l.Rule
+		}
+	}
+	return line
 }
 
 func writeJSON(w io.Writer, v any) error {

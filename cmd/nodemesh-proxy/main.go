@@ -37,10 +37,16 @@ func newCmd() *cobra.Command {
 connects to the agent's ADS server, applies listeners, HTTP RBAC filters,
 routes and ORIGINAL_DST/STATIC clusters with Envoy's semantics, and NACKs
 every resource or field it does not implement (keeping its last good
-configuration). Transparent listeners need CAP_NET_ADMIN.
+configuration). Transparent listeners and upstream connections from the
+client's address (original_src) need CAP_NET_ADMIN.
 
 The access log (one JSON line per request) goes to stdout for the HTTP
-connection managers that configure envoy.access_loggers.stdout.`,
+connection managers that configure envoy.access_loggers.stdout. Those that
+configure envoy.access_loggers.http_grpc stream their entries to a static
+gRPC cluster, as Envoy's bootstrap defines them: --grpc-cluster, by
+default nodemesh-als on the xDS address (the agent serves both). Entries
+that find the agent slow or away beyond --access-log-queue are dropped,
+never waited for.`,
 		Example:       `  nodemesh-proxy --node-id node-1 --admin-address 127.0.0.1:15000`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,

@@ -1,8 +1,9 @@
 // Package proxytest helps test the node proxy against a real xDS server:
 // a go-control-plane ADS server with a snapshot cache on a unix socket
-// that records every DiscoveryRequest (to see ACKs and NACKs), and
-// builders for the Envoy resources the Nodemesh control plane generates,
-// with tweak options.
+// that records every DiscoveryRequest (to see ACKs and NACKs), an access
+// log service that records every entry (and can stall or go away, as an
+// agent may), and builders for the Envoy resources the Nodemesh control
+// plane generates, with tweak options.
 //
 // It imports only go-control-plane, never package proxy or Nodemesh's
 // policy model, so it speaks to the proxy exactly as any xDS server would.

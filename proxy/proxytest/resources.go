@@ -10,9 +10,11 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	stdoutlog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
@@ -83,6 +85,39 @@ func HCM(rdsName string, filters []*hcm.HttpFilter, tweaks ...func(*hcm.HttpConn
 func WithAccessLog(h *hcm.HttpConnectionManager) {
 	h.AccessLog = append(h.AccessLog, &accesslog.AccessLog{Name: "envoy.access_loggers.stdout",
 		ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: Any(&stdoutlog.StdoutAccessLog{})}})
+}
+
+// WithGRPCAccessLog adds an envoy.access_loggers.http_grpc logger
+// sending to the static cluster clusterName under logName, as the
+// Nodemesh control plane configures it; tweaks edit its common_config.
+func WithGRPCAccessLog(clusterName, logName string, tweaks ...func(*grpcals.CommonGrpcAccessLogConfig)) func(*hcm.HttpConnectionManager) {
+	return func(h *hcm.HttpConnectionManager) {
+		cc := &grpcals.CommonGrpcAccessLogConfig{
+			LogName: logName,
+			GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{
+				EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: clusterName}}},
+			TransportApiVersion: core.ApiVersion_V3,
+		}
+		for _, t := range tweaks {
+			t(cc)
+		}
+		h.AccessLog = append(h.AccessLog, &accesslog.AccessLog{Name: "envoy.access_loggers.http_grpc",
+			ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: Any(&grpcals.HttpGrpcAccessLogConfig{CommonConfig: cc})}})
+	}
+}
+
+// FlushInterval sets a gRPC access log's buffer_flush_interval.
+func FlushInterval(d time.Duration) func(*grpcals.CommonGrpcAccessLogConfig) {
+	return func(c *grpcals.CommonGrpcAccessLogConfig) { c.BufferFlushInterval = durationpb.New(d) }
+}
+
+// OriginalSrc adds the original_src listener filter: upstream connections
+// come from the client's IP, marked with mark (0: unmarked).
+func OriginalSrc(mark uint32) func(*listener.Listener) {
+	return func(l *listener.Listener) {
+		l.ListenerFilters = append(l.ListenerFilters, &listener.ListenerFilter{Name: "envoy.filters.listener.original_src",
+			ConfigType: &listener.ListenerFilter_TypedConfig{TypedConfig: Any(&origsrc.OriginalSrc{Mark: mark})}})
+	}
 }
 
 // WithStreamIdleTimeout sets stream_idle_timeout.

@@ -39,16 +39,18 @@ func main() {
 func run() int {
 	ctx := context.Background()
 	step := func(s string) { fmt.Printf("\n== %s\n", s) }
-	step("building nodemesh-agent, meshctl and the pod tool; creating 2 nodes and 5 pods")
+	step("building nodemesh-agent, nodemesh-proxy, meshctl and the pod tool; creating 2 nodes and 6 pods")
 	h, err := e2e.Start(ctx, e2e.Options{
 		Pods: []vcluster.PodConfig{
 			{Name: "frontend", Node: "node-1", Labels: map[string]string{"app": "frontend", "role": "frontend"}},
 			{Name: "other", Node: "node-1", Labels: map[string]string{"app": "other"}},
 			{Name: "secret-a", Node: "node-1", Labels: map[string]string{"name": "secret-pods"}},
 			{Name: "backend", Node: "node-2", Labels: map[string]string{"app": "backend", "role": "backend"}},
+			{Name: "backend-near", Node: "node-1", Labels: map[string]string{"app": "backend", "role": "backend"}},
 			{Name: "secret-b", Node: "node-2", Labels: map[string]string{"name": "secret-pods"}},
 		},
-		Log: os.Stdout,
+		Serve: []string{"--tcp", "81,9000", "--http", "80,8080"},
+		Log:   os.Stdout,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -70,14 +72,14 @@ func run() int {
 	step("requests over real TCP between the pods")
 	failed := 0
 	for _, r := range []request{
-		{"frontend", "backend", 80, true, "seed 004 allows frontend -> backend:80"},
-		{"other", "backend", 80, false, "backend only accepts frontend"},
-		{"frontend", "backend", 81, false, "only port 80 is allowed"},
-		{"backend", "frontend", 80, false, "backend may not open connections (backend-no-egress)"},
-		{"secret-a", "secret-b", 80, true, "zero-trust: secret pods reach each other"},
-		{"other", "secret-b", 80, false, "zero-trust: nobody else reaches them"},
-		{"secret-a", "frontend", 80, false, "zero-trust: and they reach nobody else"},
-		{"other", "frontend", 80, true, "no policy selects frontend"},
+		{"frontend", "backend", 9000, true, "seed 004 allows frontend -> backend:80 (and :9000, our load-test port)"},
+		{"other", "backend", 9000, false, "backend only accepts frontend"},
+		{"frontend", "backend", 81, false, "only ports 80 and 9000 are allowed"},
+		{"backend", "frontend", 9000, false, "backend may not open connections (backend-no-egress)"},
+		{"secret-a", "secret-b", 9000, true, "zero-trust: secret pods reach each other"},
+		{"other", "secret-b", 9000, false, "zero-trust: nobody else reaches them"},
+		{"secret-a", "frontend", 9000, false, "zero-trust: and they reach nobody else"},
+		{"other", "frontend", 9000, true, "no policy selects frontend"},
 	} {
 		src, dst := h.C.Pod("default", r.from), h.C.Pod("default", r.to)
 		res, err := h.Probe(ctx, src, "tcp", fmt.Sprintf("%s:%d", dst.IP, r.port), 500*time.Millisecond)
@@ -89,32 +91,70 @@ func run() int {
 		if got != r.want {
 			mark, failed = "UNEXPECTED", failed+1
 		}
-		fmt.Printf("  %-8s -> %-8s TCP/%d  %-8s %-10s %s\n", r.from, r.to, r.port, outcome, mark, r.why)
+		fmt.Printf("  %-8s -> %-8s TCP/%-5d %-8s %-10s %s\n", r.from, r.to, r.port, outcome, mark, r.why)
 	}
 
 	meshctl, _ := e2e.MeshctlBinary()
 	for _, n := range []string{"node-1", "node-2"} {
 		step("meshctl observe --node " + n + " (flow events recorded by the datapath)")
-		show(meshctl, "observe", "--socket", h.Socket(n), "--last", "-1")
+		show(meshctl, "observe", "--socket", h.Socket(n), "--last", "12")
 	}
-	step("meshctl endpoints --node node-2")
-	show(meshctl, "endpoints", "--socket", h.Socket("node-2"))
 
-	step("the L7 rule of seed 003 (GET /userdata/[0-9]+) needs the node proxy (issue 4)")
-	l7 := strings.Replace(e2e.SeedPolicies, `toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "9000", protocol: TCP}]}]`,
-		`toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/userdata/[0-9]+"}]}}]`, 1)
-	if _, err := h.SetPolicies(ctx, l7); err != nil {
+	step("starting the node proxy (nodemesh-proxy) on both nodes; each takes its agent's xDS")
+	for _, n := range []string{"node-1", "node-2"} {
+		if _, err := h.StartProxy(ctx, n); err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			return 1
+		}
+	}
+	l7 := []struct{ name, policies, enforcer, node string }{
+		{"the L7 rule as seed 004+003 write it: an ingress rule of the backend", e2e.SeedL7Ingress, "the backend's node proxy", "node-2"},
+		{"the same rule as an egress rule of the frontend", e2e.SeedL7Egress, "the frontend's node proxy", "node-1"},
+	}
+	for _, c := range l7 {
+		step("applying " + c.name)
+		if _, err := h.SetPolicies(ctx, c.policies); err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			return 1
+		}
+		if err := waitProxies(ctx, h); err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			return 1
+		}
+		for _, backend := range []string{"backend-near", "backend"} {
+			where := "same node"
+			if h.C.Pod("default", backend).Node != h.C.Pod("default", "frontend").Node {
+				where = "other node"
+			}
+			fmt.Printf("  -- %s (%s, enforced by %s)\n", backend, where, c.enforcer)
+			for _, r := range e2e.SeedL7Requests(backend) {
+				failed += l7Line(ctx, h, r)
+			}
+		}
+		time.Sleep(1500 * time.Millisecond) // the proxy's access log is sent in batches
+		fmt.Printf("  $ meshctl observe --node %s --l7 --to-pod default/backend --last 3   (the proxy's access log)\n", c.node)
+		show(meshctl, "observe", "--socket", h.Socket(c.node), "--l7", "--to-pod", "default/backend", "--last", "3")
+	}
+	step("meshctl observe --node node-1 --last 8 (the datapath's redirects to the proxy)")
+	show(meshctl, "observe", "--socket", h.Socket("node-1"), "--last", "8")
+
+	step("killing node-1's proxy: covered requests fail closed, never around the rule")
+	if err := h.KillProxy("node-1"); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
-	fe, be := h.C.Pod("default", "frontend"), h.C.Pod("default", "backend")
-	res, err := h.Probe(ctx, fe, "tcp", be.IP.String()+":80", 500*time.Millisecond)
-	dropped := err == nil && !res.OK && res.Reason != "refused"
-	fmt.Printf("  frontend -> backend TCP/80 with an L7 rule and no proxy yet: dropped=%v (fail closed: never around the L7 rule)\n", dropped)
-	if !dropped {
-		failed++
+	down := e2e.L7Request{From: "frontend", To: "backend", Method: "GET", Path: "/userdata/42", Port: 80, Want: 0, Why: "no proxy: dropped (proxy-unavailable)"}
+	failed += l7Line(ctx, h, down)
+	show(meshctl, "observe", "--socket", h.Socket("node-1"), "--last", "1", "--verdict", "dropped")
+	step("restarting node-1's proxy (the agent keeps running)")
+	if _, err := h.StartProxy(ctx, "node-1"); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		return 1
 	}
-	show(meshctl, "observe", "--socket", h.Socket("node-2"), "--last", "3", "--to-pod", "default/backend")
+	up := down
+	up.Want, up.Why = 200, "served again"
+	failed += l7Retry(ctx, h, up, 10*time.Second)
+	show(meshctl, "status", "--socket", h.Socket("node-1"))
 
 	step("cleaning up the virtual cluster")
 	if failed > 0 {
@@ -133,4 +173,51 @@ func show(bin string, args ...string) {
 	if err != nil {
 		fmt.Println("  (", err, ")")
 	}
+}
+
+// l7Line sends one request of the L7 scenario and prints it with its
+// outcome; it returns 1 when the outcome is not the wanted one.
+func l7Line(ctx context.Context, h *e2e.Harness, r e2e.L7Request) int {
+	o, err := h.CheckL7(ctx, r)
+	mark := "ok"
+	if err != nil || !o.OK {
+		mark = "UNEXPECTED"
+	}
+	fmt.Printf("  %-12s -> %-12s %-4s %-14s %-22s %-10s %s\n", r.From, r.To+":"+fmt.Sprint(r.Port), r.Method, r.Path, o.String(), mark, r.Why)
+	if mark != "ok" {
+		return 1
+	}
+	return 0
+}
+
+// l7Retry is l7Line retried for up to wait (a proxy starting up).
+func l7Retry(ctx context.Context, h *e2e.Harness, r e2e.L7Request, wait time.Duration) int {
+	deadline := time.Now().Add(wait)
+	for {
+		if o, err := h.CheckL7(ctx, r); (err == nil && o.OK) || time.Now().After(deadline) {
+			return l7Line(ctx, h, r)
+		}
+		fmt.Printf("  waiting for the proxy (%s)...\n", time.Until(deadline).Round(time.Second))
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// waitProxies waits until both nodes' proxies have ACKed the configuration
+// in force and the agents redirect to them.
+func waitProxies(ctx context.Context, h *e2e.Harness) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for _, n := range []string{"node-1", "node-2"} {
+		for {
+			st, err := h.Status(ctx, n)
+			if err == nil && st.ProxyAcked && st.ProxyInboundPort != 0 {
+				fmt.Printf("  %s: proxy ACKed configuration %s; redirecting to :%d/:%d\n", n, st.ProxyConfig, st.ProxyInboundPort, st.ProxyOutboundPort)
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the proxy of %s has not ACKed its configuration: %+v %v", n, st, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
 }

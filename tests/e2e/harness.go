@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nodemesh/nodemesh/agent"
@@ -37,8 +38,9 @@ type Harness struct {
 	agentBin string
 	log      io.Writer
 
-	mu     sync.Mutex
-	agents map[string]*vcluster.Process
+	mu      sync.Mutex
+	agents  map[string]*vcluster.Process
+	proxies map[string]*vcluster.Process
 }
 
 var build struct {
@@ -94,8 +96,30 @@ func (h *Harness) StartProxy(ctx context.Context, node string) (*vcluster.Proces
 	if err != nil {
 		return nil, err
 	}
-	return h.C.Node(node).Start(ctx, bin, "--node-id", node, "--xds-address", "unix://"+h.XDSSocket(node),
+	p, err := h.C.Node(node).Start(ctx, bin, "--node-id", node, "--xds-address", "unix://"+h.XDSSocket(node),
 		"--admin-address", "127.0.0.1:15000")
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.proxies[node] = p
+	h.mu.Unlock()
+	return p, nil
+}
+
+// KillProxy kills a node's proxy with SIGKILL, as a crash would.
+func (h *Harness) KillProxy(node string) error {
+	h.mu.Lock()
+	p := h.proxies[node]
+	delete(h.proxies, node)
+	h.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("no proxy running on %s", node)
+	}
+	h.logf("proxy on %s: SIGKILL", node)
+	syscall.Kill(-p.Pid(), syscall.SIGKILL)
+	<-p.Done()
+	return nil
 }
 
 // RemoveBinaries deletes what AgentBinary built.
@@ -114,7 +138,7 @@ func (h *Harness) logf(format string, args ...any) {
 // Start creates the cluster, starts a server in every pod and an agent on
 // every node, and waits until every agent enforces every local pod.
 func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
-	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}}
+	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}, proxies: map[string]*vcluster.Process{}}
 	if h.agentBin, err = AgentBinary(); err != nil {
 		return nil, err
 	}

@@ -1,8 +1,9 @@
 // Package xdstest holds test helpers for Envoy configuration: an emulation
-// of how Envoy selects a listener's filter chain and evaluates an HTTP RBAC
-// filter (written from Envoy's documentation, independent of package xds's
-// builders), and minimal ADS clients speaking state-of-the-world and delta
-// xDS over gRPC, as Envoy does.
+// of how Envoy selects a listener's filter chain, evaluates an HTTP RBAC
+// filter and binds an upstream connection (listener filters and cluster
+// socket options; written from Envoy's documentation, independent of
+// package xds's builders), and minimal ADS clients speaking
+// state-of-the-world and delta xDS over gRPC, as Envoy does.
 //
 // The emulation supports the fields Nodemesh generates and fails loudly on
 // any other, so that a builder change cannot silently leave it behind.
@@ -17,11 +18,14 @@ import (
 	"strings"
 	"sync"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	origsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 )
@@ -149,6 +153,73 @@ func prefixScore(rs []*corev3.CidrRange, a netip.Addr) (int, error) {
 		}
 	}
 	return best, nil
+}
+
+// Upstream is how Envoy binds the upstream connection of a downstream
+// connection.
+type Upstream struct {
+	// Src is the address the socket is bound to; invalid when Envoy leaves
+	// the choice to the kernel (the route's source address).
+	Src netip.Addr
+	// Mark is the socket's SO_MARK, 0 when none is set.
+	Mark uint32
+}
+
+// Linux socket option numbers Envoy passes to setsockopt as they are.
+const (
+	solSocket = 1
+	soMark    = 36
+)
+
+// UpstreamOf emulates how Envoy opens the upstream connection, to cluster
+// c, of a connection accepted on l: the original_src listener filter binds
+// it to the client's IP (Envoy leaves the port to the kernel) and sets its
+// mark when the filter's mark is not 0; the cluster's upstream_bind_config
+// binds it to source_address unless original_src did, and its socket
+// options are applied after the filter's, so a cluster SO_MARK wins.
+// Listener filters and socket options the emulation does not know are
+// errors.
+func UpstreamOf(l *listenerv3.Listener, c *clusterv3.Cluster, conn Conn) (Upstream, error) {
+	var up Upstream
+	origSrc := false
+	for _, f := range l.GetListenerFilters() {
+		switch f.GetName() {
+		case "envoy.filters.listener.original_src":
+			cfg := &origsrcv3.OriginalSrc{}
+			if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+				return Upstream{}, fmt.Errorf("listener %s: original_src: %w", l.GetName(), err)
+			}
+			if cfg.GetBindPort() {
+				return Upstream{}, fmt.Errorf("listener %s: original_src bind_port not emulated (Envoy does not implement it)", l.GetName())
+			}
+			origSrc = true
+			up.Src, up.Mark = conn.Src.Addr(), cfg.GetMark()
+		case "envoy.filters.listener.original_dst":
+			// Conn.Dst is the original destination already.
+			if err := f.GetTypedConfig().UnmarshalTo(&origdstv3.OriginalDst{}); err != nil {
+				return Upstream{}, fmt.Errorf("listener %s: original_dst: %w", l.GetName(), err)
+			}
+		default:
+			return Upstream{}, fmt.Errorf("listener %s: listener filter %s not emulated", l.GetName(), f.GetName())
+		}
+	}
+	b := c.GetUpstreamBindConfig()
+	if sa := b.GetSourceAddress(); sa != nil && !origSrc {
+		a, err := netip.ParseAddr(sa.GetAddress())
+		if err != nil {
+			return Upstream{}, fmt.Errorf("cluster %s: source_address: %w", c.GetName(), err)
+		}
+		if !a.IsUnspecified() {
+			up.Src = a
+		}
+	}
+	for _, o := range b.GetSocketOptions() {
+		if o.GetLevel() != solSocket || o.GetName() != soMark || o.GetState() != corev3.SocketOption_STATE_PREBIND {
+			return Upstream{}, fmt.Errorf("cluster %s: socket option %v not emulated", c.GetName(), o)
+		}
+		up.Mark = uint32(o.GetIntValue())
+	}
+	return up, nil
 }
 
 // Prefix parses a CidrRange.

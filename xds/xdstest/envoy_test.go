@@ -5,12 +5,14 @@ import (
 	"strings"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbacfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	origsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
@@ -114,5 +116,53 @@ func TestAuthorize(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s %s %s: %v, want %v", tc.src, tc.method, tc.path, got, tc.want)
 		}
+	}
+}
+
+func TestUpstreamOf(t *testing.T) {
+	origSrc := func(mark uint32) *listenerv3.ListenerFilter {
+		return &listenerv3.ListenerFilter{Name: "envoy.filters.listener.original_src",
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(t, &origsrcv3.OriginalSrc{Mark: mark})}}
+	}
+	markOpt := func(mark int64) *corev3.BindConfig {
+		return &corev3.BindConfig{SocketOptions: []*corev3.SocketOption{{Level: 1, Name: 36,
+			Value: &corev3.SocketOption_IntValue{IntValue: mark}, State: corev3.SocketOption_STATE_PREBIND}}}
+	}
+	withSource := func(b *corev3.BindConfig, ip string) *corev3.BindConfig {
+		b.SourceAddress = &corev3.SocketAddress{Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{}}
+		return b
+	}
+	c := xdstest.Conn{Src: netip.MustParseAddrPort("10.0.1.10:40000"), Dst: netip.MustParseAddrPort("10.0.2.10:80")}
+	for _, tc := range []struct {
+		name    string
+		filters []*listenerv3.ListenerFilter
+		bind    *corev3.BindConfig
+		want    xdstest.Upstream
+		wantErr string
+	}{
+		{name: "plain", want: xdstest.Upstream{}},
+		{name: "cluster mark", bind: markOpt(0xb00), want: xdstest.Upstream{Mark: 0xb00}},
+		{name: "original_src", filters: []*listenerv3.ListenerFilter{origSrc(0xa00)}, want: xdstest.Upstream{Src: c.Src.Addr(), Mark: 0xa00}},
+		{name: "original_src without mark", filters: []*listenerv3.ListenerFilter{origSrc(0)}, want: xdstest.Upstream{Src: c.Src.Addr()}},
+		{name: "the cluster's mark wins", filters: []*listenerv3.ListenerFilter{origSrc(0xa00)}, bind: markOpt(0xb00), want: xdstest.Upstream{Src: c.Src.Addr(), Mark: 0xb00}},
+		{name: "original_src beats source_address", filters: []*listenerv3.ListenerFilter{origSrc(0)}, bind: withSource(markOpt(1), "192.0.2.1"),
+			want: xdstest.Upstream{Src: c.Src.Addr(), Mark: 1}},
+		{name: "source_address", bind: withSource(&corev3.BindConfig{}, "192.0.2.1"), want: xdstest.Upstream{Src: netip.MustParseAddr("192.0.2.1")}},
+		{name: "unknown filter", filters: []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}, wantErr: "tls_inspector not emulated"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &listenerv3.Listener{Name: "l", ListenerFilters: tc.filters}
+			cl := &clusterv3.Cluster{Name: "c", UpstreamBindConfig: tc.bind}
+			got, err := xdstest.UpstreamOf(l, cl, c)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("UpstreamOf = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
 	}
 }
