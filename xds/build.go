@@ -418,11 +418,17 @@ func makePolicies(d direction, ep Endpoint, parts []chainPart, idx *addrIndex) (
 	return policies, nil
 }
 
-// policyName names the policy of a rule set after its contents, so that a
-// policy keeps its name while the peers change.
+// policyName names the policy of a rule set after the policy rules it comes
+// from, for access logs and meshctl observe ("CiliumNetworkPolicy
+// default/p spec.ingress[0]"), and after its contents, so that a policy
+// keeps its name while the peers change and two rule sets never share one.
 func policyName(g group) string {
 	h := sha256.Sum256([]byte(g.rules.Key()))
-	return "http-rules-" + hex.EncodeToString(h[:6])
+	name := "http-rules-" + hex.EncodeToString(h[:6])
+	if len(g.origins) > 0 {
+		name = strings.Join(g.origins, "; ") + " #" + hex.EncodeToString(h[:4])
+	}
+	return name
 }
 
 func makeHTTPConnectionManager(d direction, rbac *rbacfilter.RBAC) *hcmv3.HttpConnectionManager {

@@ -10,8 +10,9 @@ import (
 
 // group is the peers whose redirect entries carry one HTTP rule set.
 type group struct {
-	rules *l7policy.RuleSet
-	peers []policy.PeerKey // in table order
+	rules   *l7policy.RuleSet
+	peers   []policy.PeerKey // in table order
+	origins []string         // the policy rules the HTTP rules come from, sorted
 }
 
 // segment is a TCP port range over which the redirect entries of a
@@ -75,6 +76,11 @@ func redirectSegments(dt *policy.DirTable) []segment {
 				keys = append(keys, k)
 			}
 			g.peers = append(g.peers, e.Peer)
+			for _, r := range e.Rules {
+				if o := r.Origin(); !slices.Contains(g.origins, o) {
+					g.origins = append(g.origins, o)
+				}
+			}
 		}
 		if len(keys) == 0 {
 			continue
@@ -82,6 +88,7 @@ func redirectSegments(dt *policy.DirTable) []segment {
 		slices.Sort(keys)
 		s := segment{lo: lo, hi: hi}
 		for _, k := range keys {
+			slices.Sort(byRules[k].origins)
 			s.groups = append(s.groups, *byRules[k])
 		}
 		sig := s.signature()

@@ -194,7 +194,7 @@ func expectL7Events(t *testing.T, h *e2e.Harness, node, backend string) {
 		t.Fatal(err)
 	}
 	want := []*regexp.Regexp{
-		regexp.MustCompile(`default/frontend:\d+ -> default/` + backend + `:80 HTTP\s+\w+\s+FORWARDED \(l7-allowed\)  GET /userdata/42 -> 200  rule \S+`),
+		regexp.MustCompile(`default/frontend:\d+ -> default/` + backend + `:80 HTTP\s+\w+\s+FORWARDED \(l7-allowed\)  GET /userdata/42 -> 200  rule CiliumNetworkPolicy default/frontend-(backend-policy spec\.ingress|userdata-only spec\.egress)\[0\] #[0-9a-f]{8}`),
 		regexp.MustCompile(`default/frontend:\d+ -> default/` + backend + `:80 HTTP\s+\w+\s+DROPPED \(l7-denied\)  GET /userdata/abc -> 403`),
 		regexp.MustCompile(`default/frontend:\d+ -> default/` + backend + `:80 HTTP\s+\w+\s+DROPPED \(l7-denied\)  POST /userdata/1 -> 403`),
 	}
