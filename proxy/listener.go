@@ -86,8 +86,12 @@ func compileListener(l *listener.Listener) (*listenerConfig, error) {
 	}
 	if err := onlyFields(path, l, "name", "address", "stat_prefix", "filter_chains", "default_filter_chain",
 		"transparent", "freebind", "socket_options", "listener_filters", "traffic_direction", "use_original_dst",
-		"additional_addresses"); err != nil {
+		"additional_addresses", "enable_reuse_port"); err != nil {
 		return nil, err
+	}
+	if l.GetEnableReusePort().GetValue() {
+		// One socket per listener: the datapath's bpf_sk_assign picks it.
+		return nil, fmt.Errorf("%s.enable_reuse_port: true is not supported (one listening socket per address)", path)
 	}
 	if l.GetUseOriginalDst().GetValue() {
 		return nil, fmt.Errorf("%s.use_original_dst: handing connections off to other listeners is not supported", path)

@@ -509,6 +509,10 @@ func makeListener(d direction, chains []*listenerv3.FilterChain, v6 bool) *liste
 		Name:             d.listener,
 		Address:          socketAddress("0.0.0.0", d.port),
 		Transparent:      wrapperspb.Bool(true),
+		// bpf_sk_assign hands a connection to one socket: Envoy's default
+		// of one SO_REUSEPORT socket per worker would split the listener
+		// into a group the datapath would have to pick from.
+		EnableReusePort:  wrapperspb.Bool(false),
 		TrafficDirection: d.traffic,
 		ListenerFilters: []*listenerv3.ListenerFilter{{
 			Name:       wellknown.OriginalSource,
