@@ -31,6 +31,7 @@ func newCmd() *cobra.Command {
 	var cfg agent.Config
 	var debug bool
 	var hook string
+	var splicePods, spliceProxy string
 	c := &cobra.Command{
 		Use:   "nodemesh-agent --node-name NODE --world PATH --policies PATH",
 		Short: "Enforce Nodemesh policy for the pods of one node",
@@ -71,6 +72,14 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 				return fmt.Errorf("open the eBPF datapath: %w", err)
 			}
 			defer dp.Close() // leaves programs, links and maps pinned: enforcement goes on
+			if (splicePods == "") != (spliceProxy == "") {
+				return fmt.Errorf("--splice-pods-cgroup and --splice-proxy-cgroup go together")
+			}
+			if splicePods != "" {
+				if err := openSplice(cfg.PinDir, splicePods, spliceProxy, log); err != nil {
+					return err
+				}
+			}
 			src := &agent.StandaloneSource{WorldPaths: cfg.WorldPaths, PolicyPaths: cfg.PolicyPaths, Resync: cfg.Resync, Log: log}
 			a, err := agent.New(cfg, version, src, agent.BPFDatapath{Datapath: dp}, agent.NetlinkLinks{}, log)
 			if err != nil {
@@ -83,6 +92,26 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 	}
 	cfg.BindFlags(c.Flags())
 	c.Flags().BoolVar(&debug, "debug", false, "log at debug level")
+	c.Flags().StringVar(&splicePods, "splice-pods-cgroup", "", "cgroup v2 directory holding this node's pods: splice their sockets with the node proxy's (sockmap; off by default, see docs/ARCHITECTURE.md for what it changes for pods)")
+	c.Flags().StringVar(&spliceProxy, "splice-proxy-cgroup", "", "cgroup v2 directory of the node proxy, with --splice-pods-cgroup")
 	c.Flags().StringVar(&hook, "bpf-hook", "", "attach the programs with tcx links or tc clsact filters: tcx, tc, or empty for tcx where the kernel has it (6.6+) and tc otherwise")
 	return c
+}
+
+// openSplice attaches the sockmap splice between the pods' sockets and the
+// node proxy's. It stays attached (pinned) after the agent exits.
+func openSplice(pinDir, pods, proxy string, log *slog.Logger) error {
+	s, err := bpf.OpenSplice(pinDir)
+	if err != nil {
+		return fmt.Errorf("splice: %w", err)
+	}
+	defer s.Close()
+	if err := s.AttachPods(pods); err != nil {
+		return fmt.Errorf("splice: %w", err)
+	}
+	if err := s.AttachProxy(proxy); err != nil {
+		return fmt.Errorf("splice: %w", err)
+	}
+	log.Info("splicing pod sockets with the node proxy's", "pods", pods, "proxy", proxy)
+	return nil
 }

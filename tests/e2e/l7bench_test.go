@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/tests/e2e"
 	"github.com/nodemesh/nodemesh/tests/podtool"
 )
@@ -28,7 +29,8 @@ spec:
 // frontend to a backend on the same node and on the other node, with the
 // seed's L7 rule (as an ingress rule: the backend's node proxy; as an
 // egress rule: the frontend's) against the same policy without the L7 rule
-// (direct pod to pod), in interleaved rounds on one cluster.
+// (direct pod to pod), in interleaved rounds on one cluster; and the ingress
+// rule again with the proxy's same-node legs spliced (sockmap).
 //
 //	go test -run '^$' -bench L7Redirect -benchtime 1x ./tests/e2e/
 //
@@ -39,8 +41,12 @@ func BenchmarkL7Redirect(b *testing.B) {
 	dur := time.Duration(envInt(b, "NODEMESH_BENCH_DURATION", 5)) * time.Second
 	h := l7Cluster(b)
 	ctx := context.Background()
-	configs := []struct{ name, policies string }{
-		{"direct", l7Direct}, {"ingress-l7", e2e.SeedL7Ingress}, {"egress-l7", e2e.SeedL7Egress},
+	configs := []struct {
+		name, policies string
+		splice         bool
+	}{
+		{"direct", l7Direct, false}, {"ingress-l7", e2e.SeedL7Ingress, false},
+		{"ingress-l7-spliced", e2e.SeedL7Ingress, true}, {"egress-l7", e2e.SeedL7Egress, false},
 	}
 	for b.Loop() {
 		for _, backend := range []string{"backend-near", "backend"} {
@@ -53,11 +59,22 @@ func BenchmarkL7Redirect(b *testing.B) {
 					if err := waitRedirect(ctx, h); err != nil {
 						b.Fatal(err)
 					}
+					var splice *bpf.Splice
+					if c.splice {
+						splice = openBenchSplice(b, h)
+					}
 					dst := h.C.Pod("default", backend)
 					var r podtool.RRResult
 					err := podtoolJSON(ctx, h.Podtool, h.C.Pod("default", "frontend"), &r, "hrr",
 						"--to", fmt.Sprintf("%s:80", dst.IP), "--path", "/userdata/42?bytes=1024",
 						"--duration", dur.String(), "--conns", "4")
+					if splice != nil {
+						st, serr := splice.Stats()
+						splice.Remove()
+						if serr != nil || st.SplicedSockets == 0 {
+							b.Fatalf("%s %s: no socket spliced (%+v, %v)", backend, c.name, st, serr)
+						}
+					}
 					if err != nil || !r.OK {
 						b.Fatalf("%s %s round %d: %+v %v", backend, c.name, round+1, r, err)
 					}
@@ -77,6 +94,27 @@ func BenchmarkL7Redirect(b *testing.B) {
 			}
 		}
 	}
+}
+
+// openBenchSplice splices pod sockets with the node proxies' on every node
+// of the cluster, as nodemesh-agent --splice-pods-cgroup does.
+func openBenchSplice(b *testing.B, h *e2e.Harness) *bpf.Splice {
+	dir := fmt.Sprintf("/sys/fs/bpf/nodemesh-e2e-splice-%d", os.Getpid())
+	s, err := bpf.OpenSplice(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, n := range h.C.Nodes() {
+		if err := s.AttachPods(n.CgroupPath); err != nil {
+			s.Remove()
+			b.Fatal(err)
+		}
+		if err := s.AttachProxy(n.HostCgroupPath); err != nil {
+			s.Remove()
+			b.Fatal(err)
+		}
+	}
+	return s
 }
 
 // medianRR is the result with the median rate, its latencies with it.
