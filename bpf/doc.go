@@ -16,6 +16,8 @@
 //	maps.go             endpoints, policy (map-in-map swap), ipcache sync,
 //	                    map usage
 //	events.go           flow events (ring buffer), counters, reasons
+//	splice.c, splice.go the sockmap splice between pod sockets and the node
+//	include/splice.h    proxy's (sock_ops + sk_msg, opt-in; splice_bpfel.*)
 //
 // # Programs
 //
@@ -50,8 +52,9 @@
 //     protocol and port (ICMP: the type; untabled protocols: proto 0, port 0)
 //     and merged as Decide does: not selected → no-policy; a deny →
 //     denied-by-rule; an allow → allowed-by-rule; only L7-restricted allows →
-//     dropped as proxy-unavailable (there is no proxy yet: fail closed,
-//     never around the HTTP rules); ingress from the local node →
+//     the node proxy (to-proxy, verdict redirected; see "L7 redirect"), or
+//     dropped as proxy-unavailable when there is none (fail closed, never
+//     around the HTTP rules); ingress from the local node →
 //     local-node; default deny → default-deny; else not-isolated. A pod
 //     reaching itself is always allowed (self). An allowed connection is
 //     tracked.
@@ -64,6 +67,24 @@
 // the interface's clsact qdisc instead; a filter holds its program as a
 // pinned link does, and replacing it switches programs atomically.
 //
+// # L7 redirect
+//
+// A redirect goes to the proxy's transparent listener, whose port the
+// policy entry carries (0 until the proxy ACKed its configuration: dropped).
+// from_pod, at tc ingress, assigns egress-L7 connections to the outbound
+// listener with bpf_sk_assign and marks them 0x200/0xf00 so the node's
+// fwmark rule delivers them locally (package redirect). to_pod runs at tc
+// egress, where bpf_sk_assign is refused: it marks ingress-L7 packets (the
+// listener port in the mark's upper half) and bpf_redirects them to the
+// hairpin veth, whose far end runs to_proxy (AttachHairpin, SetHairpin),
+// which assigns them. Conntrack keeps the redirect (NM_CT_REDIRECT) for the
+// connection's further packets, and the proxy's upstream connections (mark
+// 0x0a00 inbound, 0x0b00 outbound) as NM_CT_PROXY_UPSTREAM, whose replies
+// from_pod hands to the proxy's socket; to_pod hairpins a segment for a
+// node socket that no conntrack entry explains (a reply from another node
+// to the egress proxy's upstream). 0x0a00 means the ingress L7 rules were
+// enforced (proxy-enforced). No socket or listener: proxy-unavailable.
+//
 // # Maps
 //
 // All pinned in Config.PinDir (one directory per node): endpoints (pod
@@ -71,7 +92,8 @@
 // IPv6, IPv4 as ::ffff:a.b.c.d, → identity, prefix ID; loaded from
 // policy.Engine.IPCache of the node), policy (endpoint ID → that
 // endpoint's policy map), conntrack (LRU), fragments (LRU), counters
-// (per-CPU) and events (ring buffer). The layouts are in include/datapath.h.
+// (per-CPU), events (ring buffer) and config (the hairpin's ifindex). The
+// layouts are in include/datapath.h.
 //
 // An endpoint's policy map is an LPM trie holding both directions: per
 // direction a flags entry (selected, enforced) and, per table entry, one

@@ -506,9 +506,9 @@ func socketAddress(addr string, port uint16) *corev3.Address {
 // cluster's would win; the build tests hold them equal).
 func makeListener(d direction, chains []*listenerv3.FilterChain, v6 bool) *listenerv3.Listener {
 	l := &listenerv3.Listener{
-		Name:             d.listener,
-		Address:          socketAddress("0.0.0.0", d.port),
-		Transparent:      wrapperspb.Bool(true),
+		Name:        d.listener,
+		Address:     socketAddress("0.0.0.0", d.port),
+		Transparent: wrapperspb.Bool(true),
 		// bpf_sk_assign hands a connection to one socket: Envoy's default
 		// of one SO_REUSEPORT socket per worker would split the listener
 		// into a group the datapath would have to pick from.
