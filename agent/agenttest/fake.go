@@ -176,3 +176,11 @@ func (l *Links) Watch(ctx context.Context, fn func(string)) error {
 	<-ctx.Done()
 	return nil
 }
+
+// ProxyPortsOf returns the proxy ports of the last SetPolicy of the endpoint
+// at addr.
+func (d *Datapath) ProxyPortsOf(addr netip.Addr) bpf.ProxyPorts {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ProxyPorts[d.EPs[addr]]
+}
