@@ -123,6 +123,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("api", func() error { return Serve(ctx, a.cfg.APISocket, a) })
 	run("xds", func() error { return a.xds.Serve(ctx, a.cfg.XDSSocket) })
 	run("proxy", func() error { a.followProxy(ctx); return nil })
+	if len(a.ids) > 0 {
+		// A restart: the datapath still redirects to the node proxy. Let
+		// it reconnect before the first programming, which otherwise
+		// would find no proxy and turn the redirects off until it does.
+		a.waitProxyStream(ctx, proxyRestartWait)
+	}
 	if a.cfg.MetricsAddr != "" {
 		run("metrics", func() error { return a.metrics.serve(ctx, a.cfg.MetricsAddr) })
 	}
@@ -614,4 +620,21 @@ func hasRedirect(t *policy.Table) bool {
 		}
 	}
 	return false
+}
+
+// proxyRestartWait bounds how long a restarted agent waits for the node
+// proxy to reconnect before it programs the datapath; the pinned state
+// enforces meanwhile.
+const proxyRestartWait = 3 * time.Second
+
+// waitProxyStream waits up to d for the node proxy's xDS stream.
+func (a *Agent) waitProxyStream(ctx context.Context, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for a.xds.Status(a.cfg.NodeName).Streams == 0 {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			a.log.Info("no node proxy connected: L7-covered connections drop until one ACKs", "waited", d)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

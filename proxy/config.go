@@ -55,7 +55,9 @@ func (c *Config) Defaults() {
 		c.BackoffMin = 250 * time.Millisecond
 	}
 	if c.BackoffMax == 0 {
-		c.BackoffMax = 15 * time.Second
+		// The agent is local: reconnecting is cheap, and while the
+		// proxy is away after an agent restart the agent holds back.
+		c.BackoffMax = 2 * time.Second
 	}
 	if _, ok := c.GRPCClusters[DefaultAccessLogCluster]; !ok && c.XDSAddress != "" {
 		c.GRPCClusters = maps.Clone(c.GRPCClusters)

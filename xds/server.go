@@ -94,6 +94,7 @@ func (s *Server) SetNode(node string, in Input) (string, error) {
 	same := ns.cur != nil && ns.cur.Version == res.Version
 	if !same {
 		ns.setVersion(res, s.now())
+		s.adoptApplied(node)
 	}
 	s.mu.Unlock()
 	if same {

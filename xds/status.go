@@ -221,6 +221,41 @@ type sentResponse struct {
 type streamState struct {
 	node string
 	last map[string]sentResponse // by type URL: the latest response
+	// has is, by type URL, the version the proxy said it has applied in
+	// its first request of the stream (a proxy reconnecting to a
+	// restarted agent).
+	has map[string]string
+}
+
+// adoptApplied records as ACKed the types of node's current configuration
+// that a connected proxy said it has already applied and was sent nothing
+// else since: versions derive from the contents, so the proxy runs the
+// current configuration, and the server sends it nothing for them. s.mu is
+// held.
+func (s *Server) adoptApplied(node string) {
+	ns := s.nodes[node]
+	if ns == nil || ns.cur == nil {
+		return
+	}
+	changed := false
+	for _, st := range s.streams {
+		if st.node != node {
+			continue
+		}
+		for t, v := range st.has {
+			if _, sent := st.last[t]; sent {
+				continue
+			}
+			if ts := ns.typeStatus(t); v == ts.Version && ts.Acked != v {
+				ts.Acked, ts.AckedAt = v, s.now()
+				changed = true
+				s.log.Info("xds: reconnected proxy has the current configuration", "node", node, "type", typeName(t), "version", v)
+			}
+		}
+	}
+	if changed {
+		ns.notify()
+	}
 }
 
 // callbacks implements serverv3.Callbacks for a Server.
@@ -229,7 +264,7 @@ type callbacks Server
 func (c *callbacks) open(k streamKey) error {
 	s := (*Server)(c)
 	s.mu.Lock()
-	s.streams[k] = &streamState{last: map[string]sentResponse{}}
+	s.streams[k] = &streamState{last: map[string]sentResponse{}, has: map[string]string{}}
 	s.mu.Unlock()
 	s.metrics.streams.Inc()
 	return nil
@@ -256,7 +291,7 @@ func (c *callbacks) closed(k streamKey, node *corev3.Node) {
 
 // request records an ACK or NACK. It refuses a stream without a node ID:
 // snapshots are per node.
-func (c *callbacks) request(k streamKey, node *corev3.Node, typeURL, nonce string, errorDetail interface{ GetMessage() string }) error {
+func (c *callbacks) request(k streamKey, node *corev3.Node, typeURL, nonce, version string, errorDetail interface{ GetMessage() string }) error {
 	s := (*Server)(c)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -280,6 +315,13 @@ func (c *callbacks) request(k streamKey, node *corev3.Node, typeURL, nonce strin
 	}
 	ns := s.node(id)
 	sent, ok := st.last[typeURL]
+	if nonce == "" && !ok && version != "" && errorDetail == nil {
+		// A proxy reconnecting (to a restarted agent) names the version it
+		// has applied.
+		st.has[typeURL] = version
+		s.adoptApplied(id)
+		return nil
+	}
 	if nonce == "" || !ok || sent.nonce != nonce {
 		return nil // an initial request, a new subscription or a stale nonce
 	}
@@ -327,7 +369,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) e
 	if req.GetErrorDetail() != nil {
 		detail = req.GetErrorDetail()
 	}
-	return c.request(streamKey{false, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), detail)
+	return c.request(streamKey{false, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), detail)
 }
 
 func (c *callbacks) OnStreamResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
@@ -347,7 +389,7 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscovery
 	if req.GetErrorDetail() != nil {
 		detail = req.GetErrorDetail()
 	}
-	return c.request(streamKey{true, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), detail)
+	return c.request(streamKey{true, id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(), "", detail)
 }
 
 func (c *callbacks) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {

@@ -220,3 +220,31 @@ func expectL7Events(t *testing.T, h *e2e.Harness, node, backend string) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestL7AgentKilled kills the agent of the node whose proxy enforces the L7
+// rule: the datapath (pinned) and the proxy (its last configuration) go on
+// enforcing it, allowed and denied requests alike; a restarted agent takes
+// over without disturbing them.
+func TestL7AgentKilled(t *testing.T) {
+	h := l7Cluster(t)
+	ctx := context.Background()
+	if _, err := h.SetPolicies(ctx, e2e.SeedL7Ingress); err != nil {
+		t.Fatal(err)
+	}
+	reqs := e2e.SeedL7Requests("backend")
+	for _, r := range reqs {
+		expectL7(t, h, r, 10*time.Second)
+	}
+	if err := h.KillAgent("node-2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range reqs {
+		expectL7(t, h, r, 0)
+	}
+	if err := h.StartAgent(ctx, "node-2"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range reqs {
+		expectL7(t, h, r, 0)
+	}
+}
