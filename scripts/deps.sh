@@ -9,7 +9,8 @@ packages=(
 	make git          # build
 	clang llvm libbpf-dev bpftool  # make generate: BPF objects (bpf2go)
 	iproute2 procps util-linux     # the virtual cluster: ip netns, sysctl, nsenter, mount
-	iptables          # make bench: the iptables comparison
+	iptables          # make bench: the iptables comparison; tests/l7bench: TPROXY
+	haproxy wrk       # tests/l7bench: the L7 proxy comparison and its load generator
 )
 
 missing=()
