@@ -383,7 +383,10 @@ func (p *Proxy) reverseProxy(u *upstreamCluster) *httputil.ReverseProxy {
 		u.proxy = &httputil.ReverseProxy{
 			Rewrite:       rewrite,
 			Transport:     &activityTransport{u: u},
-			FlushInterval: -1, // stream: no buffering of responses
+			// The default (0) flushes at once what streams (no Content-Length,
+			// text/event-stream, gRPC) and sends a sized answer whole: -1
+			// flushed the headers apart, one more write per response.
+			FlushInterval: 0,
 			ErrorHandler:  func(w http.ResponseWriter, r *http.Request, err error) { p.upstreamError(u, w, r, err) },
 			ErrorLog:      p.discardLog,
 		}
