@@ -381,8 +381,8 @@ func (b *activityBody) Read(p []byte) (int, error) {
 func (p *Proxy) reverseProxy(u *upstreamCluster) *httputil.ReverseProxy {
 	u.proxyOnce.Do(func() {
 		u.proxy = &httputil.ReverseProxy{
-			Rewrite:       rewrite,
-			Transport:     &activityTransport{u: u},
+			Rewrite:   rewrite,
+			Transport: &activityTransport{u: u},
 			// The default (0) flushes at once what streams (no Content-Length,
 			// text/event-stream, gRPC) and sends a sized answer whole: -1
 			// flushed the headers apart, one more write per response.
