@@ -16,7 +16,8 @@ import (
 type Datapath interface {
 	Attach(ifname string) error
 	Detach(ifname string) error
-	SetEndpoint(addr netip.Addr, endpointID, ifindex uint32, id identity.NumericIdentity) error
+	// SetEndpoint writes a local pod's entry; flags carry its mTLS mode.
+	SetEndpoint(addr netip.Addr, endpointID, ifindex uint32, id identity.NumericIdentity, flags bpf.EndpointFlags) error
 	DeleteEndpoint(addr netip.Addr) error
 	// SetPolicy installs an endpoint's table; its redirect entries send
 	// connections to the proxy listeners of proxy, or drop them (fail

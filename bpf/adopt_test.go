@@ -253,7 +253,7 @@ func TestAdoption(t *testing.T) {
 		}
 	}
 	must("sync ipcache", d1.SyncIPCache(eng.IPCache("node-1")))
-	must("set endpoint", d1.SetEndpoint(v.podAddr, 1, uint32(v.ifindex), id))
+	must("set endpoint", d1.SetEndpoint(v.podAddr, 1, uint32(v.ifindex), id, 0))
 	must("set policy", d1.SetPolicy(1, tbl, ProxyPorts{}))
 	if !v.delivered(t, 9001) {
 		t.Fatal("before attaching: the pod cannot reach its node (test setup)")

@@ -888,6 +888,25 @@ static __always_inline int proxy_mark(struct __sk_buff *skb)
 	return m == NM_MARK_PROXY_INGRESS || m == NM_MARK_PROXY_EGRESS;
 }
 
+/* mTLS: a connection between a local pod and a mesh pod on another node,
+ * allowed at L3/L4, goes through the node proxy when the pod's mode (or an
+ * auth-required rule) says so: egress to the outbound listener, which
+ * originates TLS with the pod's SVID; ingress to the inbound listener, which
+ * terminates it. No port yet (the proxy has not ACKed its secrets): the
+ * redirect fails closed, never falls back to plaintext. */
+static __always_inline void mtls_steer(struct endpoint_info *ep, __u8 dir, struct verdict *v)
+{
+	__u32 zero = 0, want = dir == NM_DIR_EGRESS ? NM_EP_MTLS_ORIGINATE : NM_EP_MTLS_ACCEPT;
+	struct nm_config *c;
+
+	if (!(ep->flags & want) && !(v->flags & NM_EVENT_AUTH_REQUIRED))
+		return;
+	c = bpf_map_lookup_elem(&config, &zero);
+	v->redirect = 1;
+	v->flags |= NM_EVENT_MTLS;
+	v->proxy_port = c ? (dir == NM_DIR_EGRESS ? c->mtls_out_port : c->mtls_in_port) : 0;
+}
+
 static __always_inline void proxy_unavailable(struct verdict *v)
 {
 	v->reason = NM_REASON_PROXY_UNAVAILABLE;
@@ -935,7 +954,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ipcache_value *ic;
 	struct ct_entry ct = {};
 	__u8 *local, *remote;
-	__u32 rid, pid = 0, ctflags = 0;
+	__u32 rid, pid = 0, ctflags = 0, ipc_flags = 0;
 	__u64 now;
 
 	switch (parse(skb, &p)) {
@@ -1047,6 +1066,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		v.dst_identity = rid;
 	else
 		v.src_identity = rid;
+	if (ic)
+		ipc_flags = ic->flags;
 
 	if (addr_eq(local, remote))
 		v.reason = NM_REASON_SELF; /* a pod may always reach itself */
@@ -1063,11 +1084,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			v.reason = NM_REASON_PROXY_ENFORCED;
 		}
 	}
+	if (!v.drop && !v.redirect && p.tuple.proto == IPPROTO_TCP && (ipc_flags & NM_IPC_REMOTE_POD) && !proxy_mark(skb))
+		mtls_steer(ep, dir, &v);
 	if (v.redirect) {
 		v.reason = NM_REASON_TO_PROXY;
 		v.to_proxy = 1;
 		ctflags |= NM_CT_REDIRECT;
-		if (dir == NM_DIR_EGRESS ? to_proxy_here(skb, &p, v.proxy_port) : to_proxy_hairpin(skb, v.proxy_port, &v))
+		if (!v.proxy_port ||
+		    (dir == NM_DIR_EGRESS ? to_proxy_here(skb, &p, v.proxy_port) : to_proxy_hairpin(skb, v.proxy_port, &v)))
 			proxy_unavailable(&v);
 	}
 	if (!v.drop)

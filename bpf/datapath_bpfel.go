@@ -43,6 +43,7 @@ type datapathEndpointInfo struct {
 	EndpointId uint32
 	Ifindex    uint32
 	Identity   uint32
+	Flags      uint32
 }
 
 type datapathEndpointKey struct {
@@ -96,12 +97,14 @@ type datapathIpcacheValue struct {
 	_        structs.HostLayout
 	Identity uint32
 	PrefixId uint32
+	Flags    uint32
 }
 
 type datapathNmConfig struct {
 	_              structs.HostLayout
 	HairpinIfindex uint32
-	Pad            uint32
+	MtlsInPort     uint16
+	MtlsOutPort    uint16
 }
 
 type datapathPolicyEntry struct {

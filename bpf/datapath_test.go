@@ -56,7 +56,7 @@ func TestAntiSpoofing(t *testing.T) {
 	s.expect("unknown destination", ingress, s.tcp("client", "10.0.1.99", 1000, 80, tcpSYN), false, ReasonUnknownEndpoint)
 
 	// An endpoint behind another veth.
-	if err := s.d.SetEndpoint(s.addr("other"), s.ids["default/other"], loIndex(t)+1000, 300); err != nil {
+	if err := s.d.SetEndpoint(s.addr("other"), s.ids["default/other"], loIndex(t)+1000, 300, 0); err != nil {
 		t.Fatal(err)
 	}
 	s.expect("source of another veth", egress, s.tcp("other", "server", 1000, 80, tcpSYN), false, ReasonSpoofedSource)

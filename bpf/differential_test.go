@@ -114,7 +114,7 @@ func (s *diffStats) count(egress, v6 bool, dr policy.DirectionResult) {
 	if v6 {
 		s.v6++
 	}
-	_, reason := expectedVerdict(dr)
+	_, reason := expectedVerdict(dr, false)
 	s.reasons[reason.String()]++
 }
 
@@ -128,8 +128,10 @@ func (s *diffStats) summary() string {
 }
 
 // expectedVerdict is what the datapath must do with the first packet of a
-// flow the reference evaluator decided so.
-func expectedVerdict(dr policy.DirectionResult) (pass bool, reason Reason) {
+// flow the reference evaluator decided so. mtlsPeer: a TCP flow with a pod
+// on another node, which an auth-required rule sends through the node proxy
+// for mTLS (none runs here: proxy-unavailable, fail closed).
+func expectedVerdict(dr policy.DirectionResult, mtlsPeer bool) (pass bool, reason Reason) {
 	r, ok := ParseReason(dr.Reason)
 	if !ok {
 		r = ReasonUnknown
@@ -138,7 +140,9 @@ func expectedVerdict(dr policy.DirectionResult) (pass bool, reason Reason) {
 	case dr.Verdict == policy.Denied:
 		return false, r
 	case dr.L7 != nil:
-		return false, ReasonProxyUnavailable // fail closed until the proxy exists
+		return false, ReasonProxyUnavailable // fail closed: no proxy in this test
+	case dr.AuthRequired && mtlsPeer:
+		return false, ReasonProxyUnavailable
 	}
 	return true, r
 }
@@ -149,7 +153,17 @@ func checkDirection(t *testing.T, eng *policy.Engine, node string, seed uint64, 
 	if egress {
 		prog = "from_pod"
 	}
-	pass, reason := expectedVerdict(dr)
+	remoteAddr := p.dst
+	if !egress {
+		remoteAddr = p.src
+	}
+	mtlsPeer := false
+	for _, e := range eng.IPCache(node) {
+		if e.RemotePod && e.Prefix.Addr() == remoteAddr && p.src != p.dst && f.Proto == policy.ProtoTCP {
+			mtlsPeer = true
+		}
+	}
+	pass, reason := expectedVerdict(dr, mtlsPeer)
 	fail := func(msg string, args ...any) {
 		tbl, _, _ := eng.Table(local.Metadata.Namespace + "/" + local.Metadata.Name)
 		t.Fatalf("seed %d node %s: flow %s -> %s %s/%d (%s -> %s), %s: %s\nreference: %+v\nevents: %v\npolicies:\n%s\nlocal table:\n%v",
@@ -323,7 +337,7 @@ func loadNode(tb testing.TB, d *Datapath, eng *policy.Engine, node string, ifind
 			tb.Fatal(err)
 		}
 		for _, a := range ep.Addrs {
-			if err := d.SetEndpoint(a, epID, ifindex, id); err != nil {
+			if err := d.SetEndpoint(a, epID, ifindex, id, 0); err != nil {
 				tb.Fatal(err)
 			}
 		}

@@ -132,6 +132,7 @@ type FlowEvent struct {
 	// (0: none decided, e.g. default deny).
 	Entry        uint32
 	AuthRequired bool // the allowing entry requires mutual authentication
+	MTLS         bool // steered to the node proxy for mTLS
 }
 
 func (e FlowEvent) String() string {
@@ -161,6 +162,7 @@ func (d *Datapath) decodeEvent(raw []byte) (FlowEvent, error) {
 		Ifindex:      r.Ifindex,
 		Entry:        r.Rule,
 		AuthRequired: r.Flags&1 != 0,
+		MTLS:         r.Flags&2 != 0,
 	}, nil
 }
 

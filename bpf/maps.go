@@ -16,16 +16,30 @@ func addrKey(a netip.Addr) [16]byte { return a.As16() }
 
 func addrFromKey(b [16]byte) netip.Addr { return netip.AddrFrom16(b).Unmap() }
 
+// EndpointFlags are a local pod's mTLS mode in the datapath
+// (include/datapath.h NM_EP_*).
+type EndpointFlags uint32
+
+const (
+	// EndpointMTLSOriginate: the pod's allowed TCP connections to mesh pods
+	// on other nodes go through the node proxy, which originates mTLS.
+	EndpointMTLSOriginate EndpointFlags = 0x01
+	// EndpointMTLSAccept: TCP connections from mesh pods on other nodes go
+	// through the node proxy, which terminates mTLS (and, in permissive
+	// mode, also takes plaintext).
+	EndpointMTLSAccept EndpointFlags = 0x02
+)
+
 // SetEndpoint adds or updates a local pod address: its endpoint (whose
 // policy map is SetPolicy's endpointID), the index of the host side of its
-// veth, and its identity. Packets from a pod must carry one of its
-// addresses as source and arrive on its veth, or they are dropped.
-func (d *Datapath) SetEndpoint(addr netip.Addr, endpointID, ifindex uint32, id identity.NumericIdentity) error {
+// veth, its identity and its mTLS flags. Packets from a pod must carry one
+// of its addresses as source and arrive on its veth, or they are dropped.
+func (d *Datapath) SetEndpoint(addr netip.Addr, endpointID, ifindex uint32, id identity.NumericIdentity, flags EndpointFlags) error {
 	if !addr.IsValid() {
 		return errors.New("set endpoint: invalid address")
 	}
 	k := datapathEndpointKey{Addr: addrKey(addr)}
-	v := datapathEndpointInfo{EndpointId: endpointID, Ifindex: ifindex, Identity: uint32(id)}
+	v := datapathEndpointInfo{EndpointId: endpointID, Ifindex: ifindex, Identity: uint32(id), Flags: uint32(flags)}
 	if err := d.objs.Endpoints.Put(&k, &v); err != nil {
 		return fmt.Errorf("set endpoint %s: %w", addr, err)
 	}
@@ -157,6 +171,9 @@ func (d *Datapath) SyncIPCache(entries []policy.IPCacheEntry) error {
 		}
 		k := ipcacheKey(e.Prefix)
 		v := datapathIpcacheValue{Identity: uint32(e.Identity), PrefixId: e.PrefixID}
+		if e.RemotePod {
+			v.Flags |= ipcRemotePod
+		}
 		if err := d.objs.Ipcache.Put(&k, &v); err != nil {
 			return fmt.Errorf("sync ipcache: set %s: %w", e.Prefix, err)
 		}
@@ -272,8 +289,27 @@ func countKeys(m *ebpf.Map) (int, error) {
 // AttachHairpin). Zero removes it: ingress L7 connections are then dropped
 // as proxy-unavailable.
 func (d *Datapath) SetHairpin(ifindex int) error {
-	if err := d.objs.Config.Put(uint32(0), datapathNmConfig{HairpinIfindex: uint32(ifindex)}); err != nil {
-		return fmt.Errorf("set hairpin interface: %w", err)
+	return d.updateConfig(func(c *datapathNmConfig) { c.HairpinIfindex = uint32(ifindex) })
+}
+
+// SetMTLSPorts names the proxy listeners that mTLS flows go to (inbound:
+// from mesh pods on other nodes, outbound: to them); zero makes them drop as
+// proxy-unavailable (the proxy has not ACKed the configuration and secrets
+// serving them).
+func (d *Datapath) SetMTLSPorts(inbound, outbound uint16) error {
+	return d.updateConfig(func(c *datapathNmConfig) { c.MtlsInPort, c.MtlsOutPort = inbound, outbound })
+}
+
+func (d *Datapath) updateConfig(f func(*datapathNmConfig)) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var c datapathNmConfig
+	if err := d.objs.Config.Lookup(uint32(0), &c); err != nil {
+		return fmt.Errorf("read the datapath's config: %w", err)
+	}
+	f(&c)
+	if err := d.objs.Config.Put(uint32(0), c); err != nil {
+		return fmt.Errorf("write the datapath's config: %w", err)
 	}
 	return nil
 }

@@ -17,6 +17,8 @@ const (
 
 	entryAuthRequired = 0x01
 
+	ipcRemotePod = 0x01 // ipcache_value.flags: a mesh pod on another node
+
 	// policyKeyFixedBits are the always-matched bits of a policy key:
 	// dir, kind, proto, pad and peer_id.
 	policyKeyFixedBits = 64

@@ -39,7 +39,7 @@ func TestTCFallback(t *testing.T) {
 		}
 	}
 	must("sync ipcache", d1.SyncIPCache(eng.IPCache("node-1")))
-	must("set endpoint", d1.SetEndpoint(v.podAddr, 1, uint32(v.ifindex), id))
+	must("set endpoint", d1.SetEndpoint(v.podAddr, 1, uint32(v.ifindex), id, 0))
 	must("set policy", d1.SetPolicy(1, tbl, ProxyPorts{}))
 	must("attach with tc", inNetns(v.node, func() error { return d1.Attach(v.hostIf) }))
 	must("attach again (idempotent)", inNetns(v.node, func() error { return d1.Attach(v.hostIf) }))

@@ -666,6 +666,9 @@ type IPCacheEntry struct {
 	Prefix   netip.Prefix
 	Identity identity.NumericIdentity
 	PrefixID uint32
+	// RemotePod: a pod address on another node than IPCache's localNode
+	// (a peer the node proxies may talk mTLS with).
+	RemotePod bool
 }
 
 // IPCache returns, for the node named localNode, every address the
@@ -685,6 +688,7 @@ func (e *Engine) IPCache(localNode string) []IPCacheEntry {
 	for _, ps := range e.pods {
 		for _, a := range ps.ep.Addrs {
 			host(a, ps.id)
+			out[len(out)-1].RemotePod = ps.ep.Node != localNode
 		}
 	}
 	seen := map[netip.Addr]bool{}

@@ -64,7 +64,7 @@ func (d *Datapath) Detach(ifname string) error {
 	return nil
 }
 
-func (d *Datapath) SetEndpoint(addr netip.Addr, id, ifindex uint32, ident identity.NumericIdentity) error {
+func (d *Datapath) SetEndpoint(addr netip.Addr, id, ifindex uint32, ident identity.NumericIdentity, _ bpf.EndpointFlags) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.call("SetEndpoint %s", addr)

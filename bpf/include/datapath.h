@@ -86,11 +86,13 @@ enum nm_verdict {
 /* The node's settings, one element of the config array. */
 struct nm_config {
 	__u32 hairpin_ifindex; /* nm_host: to_pod sends what must reach the proxy here, 0: none */
-	__u32 pad;
+	__u16 mtls_in_port;    /* the proxy's listeners for mTLS flows, 0: not ready (drop) */
+	__u16 mtls_out_port;
 };
 
 /* flow_event.flags */
 #define NM_EVENT_AUTH_REQUIRED 0x01
+#define NM_EVENT_MTLS 0x02 /* steered to the proxy for mTLS */
 
 /* ipcache: LPM key over IPv6 addresses, IPv4 as ::ffff:a.b.c.d (prefix
  * length + 96). */
@@ -102,7 +104,11 @@ struct ipcache_key {
 struct ipcache_value {
 	__u32 identity;
 	__u32 prefix_id; /* longest policy prefix containing the address, 0: none */
+	__u32 flags;     /* NM_IPC_* */
 };
+
+/* ipcache_value.flags */
+#define NM_IPC_REMOTE_POD 0x01 /* a mesh pod on another node: mTLS peer */
 
 struct endpoint_key {
 	__u8 addr[16];
@@ -112,7 +118,12 @@ struct endpoint_info {
 	__u32 endpoint_id;
 	__u32 ifindex; /* host side of the pod's veth */
 	__u32 identity;
+	__u32 flags; /* NM_EP_* */
 };
+
+/* endpoint_info.flags: the pod's mTLS mode (issue 5) */
+#define NM_EP_MTLS_ORIGINATE 0x01 /* connections to remote mesh pods go through the proxy (TLS) */
+#define NM_EP_MTLS_ACCEPT 0x02    /* connections from remote mesh pods go to the proxy (TLS, or plaintext if permissive) */
 
 /*
  * Inner policy map key (LPM). Bits 0-63 (dir, kind, proto, pad, peer_id) are
