@@ -73,3 +73,19 @@ func TestSPIFFEID(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestParseSPIFFEID(t *testing.T) {
+	td, ns, sa, err := ParseSPIFFEID(SPIFFEID("cluster.local", "default", "frontend"))
+	if err != nil || td != "cluster.local" || ns != "default" || sa != "frontend" {
+		t.Fatalf("round trip: %q %q %q %v", td, ns, sa, err)
+	}
+	for _, bad := range []string{
+		"", "spiffe://td", "spiffe://td/ns/a", "spiffe://td/ns/a/sa/", "spiffe:///ns/a/sa/b",
+		"spiffe://td/ns/a/sa/b/c", "spiffe://td/x/a/sa/b", "spiffe://td:443/ns/a/sa/b", "spiffe://td/ns/a/sa/b?x=1",
+		"https://td/ns/a/sa/b", "spiffe://user@td/ns/a/sa/b",
+	} {
+		if _, _, _, err := ParseSPIFFEID(bad); err == nil {
+			t.Errorf("%q: accepted", bad)
+		}
+	}
+}
