@@ -75,7 +75,7 @@ func TestSPIFFEID(t *testing.T) {
 }
 
 func TestParseSPIFFEID(t *testing.T) {
-	td, ns, sa, err := ParseSPIFFEID(SPIFFEID("cluster.local", "default", "frontend"))
+	td, ns, sa, err := identity.ParseSPIFFEID(identity.SPIFFEID("cluster.local", "default", "frontend"))
 	if err != nil || td != "cluster.local" || ns != "default" || sa != "frontend" {
 		t.Fatalf("round trip: %q %q %q %v", td, ns, sa, err)
 	}
@@ -84,7 +84,7 @@ func TestParseSPIFFEID(t *testing.T) {
 		"spiffe://td/ns/a/sa/b/c", "spiffe://td/x/a/sa/b", "spiffe://td:443/ns/a/sa/b", "spiffe://td/ns/a/sa/b?x=1",
 		"https://td/ns/a/sa/b", "spiffe://user@td/ns/a/sa/b",
 	} {
-		if _, _, _, err := ParseSPIFFEID(bad); err == nil {
+		if _, _, _, err := identity.ParseSPIFFEID(bad); err == nil {
 			t.Errorf("%q: accepted", bad)
 		}
 	}
