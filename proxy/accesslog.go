@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,8 @@ type accessEntry struct {
 	Upstream      string  `json:"upstream,omitempty"`
 	UpstreamLocal string  `json:"upstream_local,omitempty"`
 	Failure       string  `json:"upstream_failure,omitempty"` // e.g. connect: connection refused
+	PeerURISAN    string  `json:"downstream_peer_uri_san,omitempty"`
+	TLSVersion    string  `json:"downstream_tls_version,omitempty"`
 	BytesSent     int64   `json:"bytes_sent"`
 	DurationMS    float64 `json:"duration_ms"`
 }
@@ -89,6 +92,10 @@ func (st *stream) log(lr *listenerRuntime, r *http.Request, code int) {
 		if e.RBAC == "" {
 			e.RBAC = "none"
 		}
+		if t := st.ci.tls; t != nil {
+			e.PeerURISAN = strings.Join(t.peerURIs, ",")
+			e.TLSVersion = tlsVersionName(t.version)
+		}
 		if st.upstream.IsValid() {
 			e.Upstream = st.upstream.String()
 		}
@@ -129,6 +136,9 @@ func (st *stream) httpEntry(r *http.Request, code int, dur time.Duration, upLoca
 	if upLocal.IsValid() {
 		c.UpstreamLocalAddress = coreAddress(upLocal)
 	}
+	if st.ci.tls != nil {
+		c.TlsProperties = st.ci.tls.logProps
+	}
 	if len(st.rbacMD) > 0 {
 		fields := make(map[string]*structpb.Value, len(st.rbacMD))
 		for k, v := range st.rbacMD {
@@ -140,7 +150,7 @@ func (st *stream) httpEntry(r *http.Request, code int, dur time.Duration, upLoca
 		CommonProperties: c,
 		Request: &accesslogdata.HTTPRequestProperties{
 			RequestMethod:       core.RequestMethod(core.RequestMethod_value[r.Method]),
-			Scheme:              "http",
+			Scheme:              scheme(r),
 			Authority:           r.Host,
 			Path:                r.RequestURI,
 			UserAgent:           r.Header.Get("User-Agent"),
@@ -170,6 +180,13 @@ func (st *stream) httpEntry(r *http.Request, code int, dur time.Duration, upLoca
 		e.Request.Path = r.URL.RequestURI()
 	}
 	return e
+}
+
+func scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
 }
 
 func coreAddress(ap netip.AddrPort) *core.Address {

@@ -51,8 +51,9 @@ func (p *Proxy) AdminHandler() http.Handler {
 
 // ConfigDump returns the configuration in Envoy's admin format: clusters
 // (the static gRPC clusters, as Envoy shows its bootstrap's, and the
-// dynamic ones), listeners (active, warming, and the last refused update),
-// route configurations.
+// dynamic ones, active and warming), listeners (active, warming, and the
+// last refused update), route configurations, secrets. Sensitive fields
+// (private keys) are redacted everywhere, refused updates included.
 func (p *Proxy) ConfigDump() *admin.ConfigDump {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -65,20 +66,26 @@ func (p *Proxy) ConfigDump() *admin.ConfigDump {
 		st := p.clusterStates[name]
 		if st.raw != nil {
 			cd.DynamicActiveClusters = append(cd.DynamicActiveClusters, &admin.ClustersConfigDump_DynamicCluster{
-				VersionInfo: st.version, Cluster: mustAny(st.raw), LastUpdated: timestamppb.New(st.updated)})
+				VersionInfo: st.version, Cluster: mustAny(redacted(st.raw)), LastUpdated: timestamppb.New(st.updated),
+				ErrorState: redactFailure(st.failed)})
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.pendingClusters)) {
+		st := p.pendingClusters[name].state
+		cd.DynamicWarmingClusters = append(cd.DynamicWarmingClusters, &admin.ClustersConfigDump_DynamicCluster{
+			VersionInfo: st.version, Cluster: mustAny(redacted(st.raw)), LastUpdated: timestamppb.New(st.updated)})
 	}
 	ld := &admin.ListenersConfigDump{VersionInfo: p.versions[typeListener]}
 	for _, name := range slices.Sorted(maps.Keys(p.listeners)) {
 		st := p.listeners[name]
-		dl := &admin.ListenersConfigDump_DynamicListener{Name: name, ErrorState: st.failed}
+		dl := &admin.ListenersConfigDump_DynamicListener{Name: name, ErrorState: redactFailure(st.failed)}
 		if st.rt != nil {
 			if lc := st.rt.cfg.Load(); lc != nil {
-				dl.ActiveState = &admin.ListenersConfigDump_DynamicListenerState{VersionInfo: lc.version, Listener: mustAny(lc.raw), LastUpdated: timestamppb.New(lc.updated)}
+				dl.ActiveState = &admin.ListenersConfigDump_DynamicListenerState{VersionInfo: lc.version, Listener: mustAny(redacted(lc.raw)), LastUpdated: timestamppb.New(lc.updated)}
 			}
 			st.rt.mu.Lock()
 			if pc := st.rt.pending; pc != nil {
-				dl.WarmingState = &admin.ListenersConfigDump_DynamicListenerState{VersionInfo: pc.version, Listener: mustAny(pc.raw), LastUpdated: timestamppb.New(pc.updated)}
+				dl.WarmingState = &admin.ListenersConfigDump_DynamicListenerState{VersionInfo: pc.version, Listener: mustAny(redacted(pc.raw)), LastUpdated: timestamppb.New(pc.updated)}
 			}
 			st.rt.mu.Unlock()
 		}
@@ -89,10 +96,11 @@ func (p *Proxy) ConfigDump() *admin.ConfigDump {
 		st := p.routeStates[name]
 		if st.raw != nil {
 			rd.DynamicRouteConfigs = append(rd.DynamicRouteConfigs, &admin.RoutesConfigDump_DynamicRouteConfig{
-				VersionInfo: st.version, RouteConfig: mustAny(st.raw), LastUpdated: timestamppb.New(st.updated)})
+				VersionInfo: st.version, RouteConfig: mustAny(redacted(st.raw)), LastUpdated: timestamppb.New(st.updated),
+				ErrorState: redactFailure(st.failed)})
 		}
 	}
-	return &admin.ConfigDump{Configs: []*anypb.Any{mustAny(cd), mustAny(ld), mustAny(rd)}}
+	return &admin.ConfigDump{Configs: []*anypb.Any{mustAny(cd), mustAny(ld), mustAny(rd), mustAny(p.secretsDumpLocked())}}
 }
 
 func mustAny(m proto.Message) *anypb.Any {

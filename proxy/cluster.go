@@ -33,7 +33,8 @@ type upstreamCluster struct {
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
 	sockopts       []intSockopt
-	source         netip.Addr // upstream_bind_config.source_address, zero = any
+	source         netip.Addr   // upstream_bind_config.source_address, zero = any
+	tls            *upstreamTLS // transport_socket envoy.transport_sockets.tls, nil: plaintext
 
 	protocol  upstreamProtocol
 	transport *http.Transport // HTTP/1.1
@@ -44,10 +45,19 @@ type upstreamCluster struct {
 	// pools holds the transports of downstream connections with an
 	// upstream bind (original_src), one pool per bind: Envoy keys its
 	// connection pools by the upstream socket options, so upstream
-	// connections of different client addresses are never shared.
-	pools     sync.Map   // upstreamBind → *bindPool
+	// connections of different client addresses are never shared. With
+	// TLS, pools are per bind and TLS generation (the secrets the
+	// connections were made with).
+	pools     sync.Map   // poolKey → *bindPool
 	poolMu    sync.Mutex // serializes creating and sweeping pools
 	lastSweep time.Time  // guarded by poolMu
+}
+
+// poolKey identifies a connection pool: the upstream bind, and for a TLS
+// cluster the generation of its client configuration.
+type poolKey struct {
+	bind upstreamBind
+	gen  uint64
 }
 
 // bindPool is the connection pool of one upstream bind.
@@ -70,7 +80,7 @@ const (
 func compileCluster(path string, c *cluster.Cluster) (*upstreamCluster, error) {
 	if err := onlyFields(path, c, "name", "alt_stat_name", "type", "cluster_type", "lb_policy", "connect_timeout", "load_assignment",
 		"original_dst_lb_config", "cleanup_interval", "upstream_bind_config", "common_http_protocol_options",
-		"typed_extension_protocol_options"); err != nil {
+		"typed_extension_protocol_options", "transport_socket"); err != nil {
 		return nil, err
 	}
 	u := &upstreamCluster{name: c.GetName(), connectTimeout: defaultConnectTimeout, idleTimeout: defaultIdleTimeout}
@@ -169,11 +179,26 @@ func compileCluster(path string, c *cluster.Cluster) (*upstreamCluster, error) {
 			return nil, err
 		}
 	}
-	u.transport = u.newTransport(false, upstreamBind{})
+	if ts := c.GetTransportSocket(); ts != nil {
+		tc, err := compileUpstreamTLS(path+".transport_socket", ts)
+		if err != nil {
+			return nil, err
+		}
+		u.tls = &upstreamTLS{ctx: tc, cluster: u.name}
+	}
+	u.transport = u.newTransport(false, upstreamBind{}, nil)
 	if u.protocol != upstreamHTTP1 {
-		u.h2c = u.newTransport(true, upstreamBind{})
+		u.h2c = u.newTransport(true, upstreamBind{}, nil)
 	}
 	return u, nil
+}
+
+// secretRefs is the SDS secrets the cluster needs.
+func (u *upstreamCluster) secretRefs() map[string]secretKind {
+	if u.tls == nil {
+		return nil
+	}
+	return u.tls.ctx.refs()
 }
 
 // upstreamProtocol is the HTTP version spoken to upstreams.
@@ -241,42 +266,65 @@ func (u *upstreamCluster) compileProtocolOptions(path string, a *anypb.Any) erro
 }
 
 // transportFor picks the connection pool for a request: per upstream
-// bind, then per protocol.
-func (u *upstreamCluster) transportFor(downstreamH2 bool, b upstreamBind) *http.Transport {
+// bind and TLS generation, then per protocol. It fails when the
+// cluster's TLS secrets are missing.
+func (u *upstreamCluster) transportFor(downstreamH2 bool, b upstreamBind) (*http.Transport, error) {
 	h1, h2c := u.transport, u.h2c
-	if b != (upstreamBind{}) {
-		bp := u.pool(b)
+	var ct *clientTLS
+	if u.tls != nil {
+		var err error
+		if ct, err = u.tls.current(); err != nil {
+			return nil, err
+		}
+	}
+	if b != (upstreamBind{}) || ct != nil {
+		bp := u.pool(b, ct)
 		h1, h2c = bp.transport, bp.h2c
 	}
 	switch {
 	case u.protocol == upstreamH2C, u.protocol == upstreamDownstream && downstreamH2:
-		return h2c
+		return h2c, nil
 	}
-	return h1
+	return h1, nil
 }
 
-// pool returns the pool of bind b, creating it.
-func (u *upstreamCluster) pool(b upstreamBind) *bindPool {
+// pool returns the pool of bind b and TLS generation ct, creating it. A
+// new generation retires the pools of older ones: their idle connections
+// close, requests in flight finish.
+func (u *upstreamCluster) pool(b upstreamBind, ct *clientTLS) *bindPool {
 	now := time.Now()
-	if v, ok := u.pools.Load(b); ok {
+	k := poolKey{bind: b}
+	if ct != nil {
+		k.gen = ct.gen
+	}
+	if v, ok := u.pools.Load(k); ok {
 		bp := v.(*bindPool)
 		bp.lastUsed.Store(now.UnixNano())
 		return bp
 	}
 	u.poolMu.Lock()
 	defer u.poolMu.Unlock()
-	if v, ok := u.pools.Load(b); ok {
+	if v, ok := u.pools.Load(k); ok {
 		bp := v.(*bindPool)
 		bp.lastUsed.Store(now.UnixNano())
 		return bp
 	}
 	u.sweepLocked(now)
-	bp := &bindPool{transport: u.newTransport(false, b)}
+	if ct != nil {
+		u.pools.Range(func(key, v any) bool {
+			if key.(poolKey).gen < ct.gen {
+				u.pools.Delete(key)
+				v.(*bindPool).closeIdle()
+			}
+			return true
+		})
+	}
+	bp := &bindPool{transport: u.newTransport(false, b, ct)}
 	if u.protocol != upstreamHTTP1 {
-		bp.h2c = u.newTransport(true, b)
+		bp.h2c = u.newTransport(true, b, ct)
 	}
 	bp.lastUsed.Store(now.UnixNano())
-	u.pools.Store(b, bp)
+	u.pools.Store(k, bp)
 	return bp
 }
 
@@ -431,7 +479,7 @@ func (e *connectError) Unwrap() error { return e.err }
 // upstream_bind_config socket options after them, the order in which
 // Envoy applies a connection's and its cluster's options: should both set
 // SO_MARK, the cluster's wins.
-func (u *upstreamCluster) newTransport(h2c bool, b upstreamBind) *http.Transport {
+func (u *upstreamCluster) newTransport(h2c bool, b upstreamBind, ct *clientTLS) *http.Transport {
 	d := &net.Dialer{Timeout: u.connectTimeout}
 	local := u.source
 	var opts []intSockopt
@@ -448,11 +496,30 @@ func (u *upstreamCluster) newTransport(h2c bool, b upstreamBind) *http.Transport
 	}
 	t := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if ct != nil {
+				// Envoy's connect timeout runs until the transport
+				// socket is connected: TCP and the TLS handshake.
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, u.connectTimeout)
+				defer cancel()
+			}
 			c, err := d.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, &connectError{err}
 			}
-			return c, nil
+			if ct == nil {
+				return c, nil
+			}
+			alpn := "http/1.1"
+			if h2c {
+				alpn = "h2"
+			}
+			tc, err := ct.handshake(ctx, u.tls, c, addr, alpn)
+			if err != nil {
+				_ = c.Close()
+				return nil, &connectError{err}
+			}
+			return tc, nil
 		},
 		// Envoy pools upstream connections per host without a count limit.
 		MaxIdleConnsPerHost: 1024,

@@ -37,6 +37,9 @@ type Config struct {
 	// its service is slow or away; beyond it entries are dropped (and
 	// counted), never waited for.
 	AccessLogQueue int
+	// SVIDVerifier checks peer certificates of TLS connections; nil:
+	// X509SVIDVerifier.
+	SVIDVerifier SVIDVerifier
 }
 
 // DefaultAccessLogCluster is the name of the bootstrap cluster of the

@@ -24,15 +24,18 @@
 // IP_TRANSPARENT, which needs CAP_NET_ADMIN or CAP_NET_RAW; freebind; int
 // socket options before bind; the original_dst listener filter; the
 // original_src listener filter with mark, not bind_port: see "Upstream
-// connections"), filter_chain_match on destination port, destination
-// prefixes, transport_protocol raw_buffer, direct source and source
-// prefixes and source ports (Envoy's order and most-specific rules,
-// default chain);
+// connections"; the tls_inspector listener filter without options),
+// filter_chain_match on destination port, destination prefixes,
+// transport_protocol raw_buffer or tls, application_protocols, direct
+// source and source prefixes and source ports (Envoy's order and
+// most-specific rules, default chain); a filter chain's transport_socket
+// envoy.transport_sockets.tls with a DownstreamTlsContext (see "TLS");
 // one network filter, envoy.filters.network.http_connection_manager, with
 // rds (over ADS) or an inline route_config, http_filters
 // envoy.filters.http.rbac (ALLOW/DENY; permissions any, and/or/not,
 // header, url_path, destination_ip/port/port_range; principals any,
-// and/or/not, direct_remote_ip, remote_ip, source_ip, header, url_path)
+// and/or/not, direct_remote_ip, remote_ip, source_ip, header, url_path,
+// authenticated with or without principal_name)
 // then envoy.filters.http.router, codec AUTO/HTTP1/HTTP2 (h2c with prior
 // knowledge), stream_idle_timeout, request_timeout,
 // request_headers_timeout, common_http_protocol_options.idle_timeout,
@@ -52,11 +55,82 @@
 // (ROUND_ROBIN), connect_timeout, upstream_bind_config socket options
 // such as SO_MARK, keep-alive pools per cluster speaking HTTP/1.1, h2c or
 // the downstream's protocol (envoy.extensions.upstreams.http.v3.
-// HttpProtocolOptions explicit_http_config, use_downstream_protocol_config).
+// HttpProtocolOptions explicit_http_config, use_downstream_protocol_config),
+// a cluster's transport_socket envoy.transport_sockets.tls with an
+// UpstreamTlsContext; SDS secrets over ADS (see "TLS").
 //
-// Not yet: TLS transport sockets and SDS, delta xDS, EDS, retries,
-// rewrites, other filters and cluster types, a bootstrap file (the static
-// gRPC clusters come from Config.GRPCClusters instead).
+// Not yet: delta xDS, EDS, retries, rewrites, other filters (tcp_proxy,
+// network RBAC) and cluster types, server_names matching, TLS parameters
+// beyond protocol versions, static or file-based secrets, a bootstrap
+// file (the static gRPC clusters come from Config.GRPCClusters instead).
+//
+// # TLS
+//
+// Secrets (secret.go) arrive over the ADS stream as
+// envoy.extensions.transport_sockets.tls.v3.Secret: tls_certificate
+// (certificate_chain and private_key, inline_bytes or inline_string) or
+// validation_context (trusted_ca inline, match_typed_subject_alt_names
+// with URI matchers, custom_validator_config envoy.tls.cert_validator.spiffe
+// with trust_domains[] {name, trust_bundle inline}). Listeners and
+// clusters name them with sds_config {ads: {}}; the proxy subscribes to
+// exactly the names its listeners and clusters (active and warming) use.
+// A listener or cluster whose secrets have not arrived warms (the
+// previous version serves; a new one does not accept, a new cluster is
+// not routed to): nothing serves without its certificate or accepts a
+// peer it cannot verify. A secret update applies to the next handshake;
+// established connections keep going (see tlsclient.go for pools).
+// A secret its users cannot use (another kind, a validation context
+// that is incomplete or does not merge into a combined context's default)
+// is NACKed, as Envoy's SDS validation does.
+//
+// Contexts (tls.go): DownstreamTlsContext {require_client_certificate,
+// common_tls_context}, UpstreamTlsContext {sni, common_tls_context},
+// CommonTlsContext {tls_params with tls_minimum/maximum_protocol_version
+// (TLSv1_2, TLSv1_3; Envoy's defaults: servers 1.2-1.3, clients 1.2),
+// one tls_certificate_sds_secret_configs, validation_context_sds_secret_config
+// or combined_validation_context (default_validation_context merged with
+// the secret, protobuf MergeFrom as Envoy), alpn_protocols}. Curves and
+// TLS 1.2 suites are Envoy's defaults. The server selects ALPN as
+// BoringSSL does (its first protocol the client offers; none in common:
+// no ALPN); a client without alpn_protocols offers its pool's protocol.
+//
+// Verification: the chain and the X509-SVID rules through an
+// SVIDVerifier (interfaces.go; default X509SVIDVerifier: one URI SAN
+// holding a SPIFFE ID, leaf not a CA, digitalSignature and no
+// keyCertSign/cRLSign, validity, chain to the trust domain's roots —
+// trusted_ca for every trust domain, or the SPIFFE validator's bundle of
+// the ID's trust domain), then the URI SAN matchers (any matching).
+// Unlike Envoy, the SVID rules apply with trusted_ca too and a second URI
+// SAN is refused, and a validation context without trusted_ca nor the
+// SPIFFE validator is NACKed (Envoy would match SANs on an unverified
+// chain). A client certificate is required with require_client_certificate,
+// the SPIFFE validator or SAN matchers (Envoy's verify modes); a presented
+// one is always verified. Refusals are logged with their reason and
+// counted: nodemesh_proxy_ssl_total{scope,name,stat} with Envoy's ssl.*
+// names (handshake, session_reused, connection_error, fail_verify_error,
+// fail_verify_san, fail_verify_no_cert, no_certificate) and
+// nodemesh_proxy_ssl_fail_verify_reasons_total{scope,name,reason} with
+// the Reason* strings (those of certs.VerifySVID).
+//
+// Identity: the RBAC principal authenticated matches a TLS connection's
+// peer as Envoy does (principal_name against the URI SANs, then the DNS
+// SANs, then the subject); the http_grpc entry carries tls_properties
+// (tls_version, cipher suite, SNI, the local and peer certificates' URI
+// SANs and subjects), the stdout line downstream_peer_uri_san and
+// downstream_tls_version; x-forwarded-client-cert is removed (Envoy's
+// default SANITIZE) and x-forwarded-proto says https on TLS connections.
+//
+// Resumption: servers issue tickets sealed with per-chain keys, so a
+// session resumes only into the filter chain that made it; clients keep
+// a session per upstream address and SNI, per generation of their
+// secrets. A resumed handshake verifies the peer certificate of the
+// session again under the current validation context.
+//
+// /config_dump shows secrets as Envoy's SecretsConfigDump (active, and
+// warming with their name only) and redacts every sensitive field
+// (udpa.annotations.sensitive: private keys) everywhere, refused updates
+// included, as "[redacted]" (redact.go). No error or log line carries
+// key material.
 //
 // # Upstream connections
 //
@@ -98,13 +172,16 @@
 //
 // # Pipeline
 //
-// xdsclient.go (ADS stream, ACK/NACK, reconnect with backoff) → proxy.go
-// (apply per type, keep last good, warming) → listener.go, hcm.go,
-// rbac.go, route.go, cluster.go (compile protos into immutable values) →
-// runtime.go (socket, accept, filter chain choice, upstream bind, one HTTP
-// server per connection profile) → handler.go (per request: RBAC, route,
-// forward, timeouts) → accesslog.go, grpclog.go (stdout line, gRPC access
-// log stream) → admin.go (/config_dump, /ready, /stats).
+// xdsclient.go (ADS stream, ACK/NACK, reconnect with backoff) → proxy.go,
+// secret.go (apply per type, keep last good, warming) → listener.go,
+// hcm.go, rbac.go, route.go, cluster.go, tls.go (compile protos into
+// immutable values) → runtime.go (socket, accept, listener filters:
+// inspector.go; filter chain choice; TLS handshake: tlsserver.go; upstream
+// bind; one HTTP server per connection profile) → handler.go (per
+// request: RBAC, route, forward, timeouts; upstream TLS: tlsclient.go) →
+// accesslog.go, grpclog.go (stdout line, gRPC access log stream) →
+// admin.go, redact.go (/config_dump, /ready, /stats). interfaces.go and
+// svid.go: the SVIDVerifier extension point and its default.
 //
 // # Configuration changes
 //
@@ -112,19 +189,24 @@
 // freebind, socket options) is applied in place: sockets of the addresses
 // it keeps stay open, new addresses are bound, dropped ones closed.
 // Connections keep the connection-level settings they were accepted with
-// (codec, idle timeout, header limits, original_src bind); everything else — filter chain
-// choice, RBAC, routes, clusters, stream timeouts — is looked up again for
-// every request, so a policy change applies to the next request of an
-// existing keep-alive connection, while in-flight requests finish with
-// the configuration they started with. A connection that no longer
-// matches any chain is reset at its next request. When a listener is
+// (codec, idle timeout, header limits, original_src bind, TLS session);
+// everything else — filter chain choice, RBAC, routes, clusters, stream
+// timeouts — is looked up again for every request, so a policy change
+// applies to the next request of an existing keep-alive connection, while
+// in-flight requests finish with the configuration they started with. A
+// connection that no longer matches any chain is reset at its next
+// request; so is a TLS connection whose new chain presents another
+// certificate or does not accept its client certificate, and a plaintext
+// one whose new chain wants TLS (or the reverse). When a listener is
 // removed, changes address, or no longer uses a connection's profile,
 // those connections drain: in-flight requests finish, idle keep-alive
 // connections close (HTTP/2: GOAWAY), and --drain-timeout bounds the
 // wait. Envoy drains the connections of changed filter chains instead
 // of re-evaluating; re-evaluating applies revocations at once.
-// A listener whose route configurations have not arrived warms: its
-// previous version (or, if new, nothing) serves until they do.
+// A listener whose route configurations or secrets have not arrived
+// warms: its previous version (or, if new, nothing) serves until they do.
+// Unlike Envoy, there is no initial_fetch_timeout: it warms until they
+// come (Envoy would activate it after 15 s and fail its handshakes).
 //
 // Fail closed: a connection no filter chain matches is reset and counted
 // (nodemesh_proxy_no_filter_chain_total). An ORIGINAL_DST request whose

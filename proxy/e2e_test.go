@@ -484,7 +484,7 @@ func TestEndToEnd(t *testing.T) {
 		var ld admin.ListenersConfigDump
 		var cdump admin.ClustersConfigDump
 		var rd admin.RoutesConfigDump
-		if len(cd.Configs) != 3 || cd.Configs[0].UnmarshalTo(&cdump) != nil || cd.Configs[1].UnmarshalTo(&ld) != nil || cd.Configs[2].UnmarshalTo(&rd) != nil {
+		if len(cd.Configs) != 4 || cd.Configs[0].UnmarshalTo(&cdump) != nil || cd.Configs[1].UnmarshalTo(&ld) != nil || cd.Configs[2].UnmarshalTo(&rd) != nil {
 			t.Fatalf("/config_dump configs = %v", cd.Configs)
 		}
 		if ld.VersionInfo != "v5" || len(ld.DynamicListeners) != 1 || ld.DynamicListeners[0].GetActiveState().GetVersionInfo() != "v5" {

@@ -87,7 +87,7 @@ func TestSelectChain(t *testing.T) {
 			if src == "" {
 				src = "192.0.2.9:5555"
 			}
-			fc := lc.selectChain(netip.MustParseAddrPort(tc.dst), netip.MustParseAddrPort(src))
+			fc := lc.selectChain(netip.MustParseAddrPort(tc.dst), netip.MustParseAddrPort(src), nil)
 			got := ""
 			if fc != nil {
 				got = fc.name

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,11 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	h := fc.hcm
+	if ci.tls != nil {
+		// The proxy did the handshake; the request is an https one
+		// (:scheme, x-forwarded-proto).
+		r.TLS = &tls.ConnectionState{Version: ci.tls.version, HandshakeComplete: true, ServerName: ci.tls.serverName, PeerCertificates: ci.tls.peer}
+	}
 	rw := &respWriter{ResponseWriter: w}
 	st := &stream{start: time.Now(), rw: rw, ci: ci, h: h, h2: r.ProtoMajor == 2}
 	rw.st = st
@@ -74,7 +80,7 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.localReply(http.StatusForbidden, "", "", detailUpgradeFailed)
 		return
 	}
-	attrs := requestAttrs{remote: ci.remote, local: ci.origDst}
+	attrs := requestAttrs{remote: ci.remote, local: ci.origDst, tls: ci.tls}
 	for _, f := range h.rbac {
 		if !f.enabled {
 			continue
@@ -406,16 +412,25 @@ func rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[k] = v
 		}
 	}
+	scheme := "http"
+	if st.ci.tls != nil {
+		scheme = "https"
+	}
 	if st.h.useRemoteAddress {
 		ip := st.ci.remote.Addr().String()
 		if prior := pr.Out.Header.Get("X-Forwarded-For"); prior != "" {
 			ip = prior + ", " + ip
 		}
 		pr.Out.Header.Set("X-Forwarded-For", ip)
+		// No trusted hops: the peer's x-forwarded-proto is not trusted.
+		pr.Out.Header.Set("X-Forwarded-Proto", scheme)
 	}
 	if pr.Out.Header.Get("X-Forwarded-Proto") == "" {
-		pr.Out.Header.Set("X-Forwarded-Proto", "http")
+		pr.Out.Header.Set("X-Forwarded-Proto", scheme)
 	}
+	// forward_client_cert_details defaults to SANITIZE: Envoy never
+	// passes a client's x-forwarded-client-cert on.
+	pr.Out.Header.Del("X-Forwarded-Client-Cert")
 	if st.h.generateRequestID && pr.Out.Header.Get("X-Request-Id") == "" {
 		pr.Out.Header.Set("X-Request-Id", newRequestID())
 	}
@@ -430,7 +445,11 @@ func (t *activityTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		a := unmap(ci.Conn.LocalAddr())
 		st.upstreamLocal.Store(&a)
 	}}))
-	resp, err := t.u.transportFor(st.h2, st.ci.bind).RoundTrip(r)
+	tr, err := t.u.transportFor(st.h2, st.ci.bind)
+	if err != nil {
+		return nil, &connectError{fmt.Errorf("%w: %v", errNoTLS, err)}
+	}
+	resp, err := tr.RoundTrip(r)
 	if err == nil {
 		st.touch()
 		st.details = "via_upstream"
@@ -457,6 +476,11 @@ func (p *Proxy) upstreamError(u *upstreamCluster, w http.ResponseWriter, r *http
 	if errors.As(err, &ce) {
 		p.metrics.connectFailures.WithLabelValues(u.name).Inc()
 		st.failure = ce.Error()
+		var he *handshakeError
+		if errors.As(err, &he) {
+			// Envoy's upstream_transport_failure_reason for TLS.
+			st.failure = "TLS_error: " + he.Error()
+		}
 	}
 	if st.rw.status != 0 {
 		panic(http.ErrAbortHandler)

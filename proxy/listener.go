@@ -11,6 +11,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
+	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"golang.org/x/sys/unix"
 )
@@ -38,12 +39,18 @@ type listenerConfig struct {
 	extraOpts     []intSockopt // socket_options
 	origDstFilter bool
 	origSrc       *originalSrc // the original_src listener filter, nil without
-	chains        []*filterChain
-	defaultChain  *filterChain
-	rdsNames      []string
-	raw           *listener.Listener
-	updated       time.Time
-	gen           uint64
+	tlsInspector  bool         // the tls_inspector listener filter
+	// filtersTimeout bounds the listener filters' wait for the first
+	// bytes (Envoy's default listener_filters_timeout).
+	filtersTimeout time.Duration
+	chains         []*filterChain
+	defaultChain   *filterChain
+	rdsNames       []string
+	secretRefs     map[string]secretKind // the SDS secrets the chains use
+	tlsChains      bool                  // some chain has a TLS transport socket
+	raw            *listener.Listener
+	updated        time.Time
+	gen            uint64
 }
 
 // originalSrc is a compiled envoy.filters.listener.original_src: the
@@ -63,9 +70,11 @@ type socketKey struct {
 }
 
 type filterChain struct {
-	name  string
-	match chainMatch
-	hcm   *hcmConfig
+	name   string
+	match  chainMatch
+	hcm    *hcmConfig
+	tlsCtx *tlsContext    // transport_socket envoy.transport_sockets.tls, nil: plaintext
+	tls    *downstreamTLS // tlsCtx bound to the proxy when the listener is installed
 }
 
 // chainMatch is a compiled FilterChainMatch (the criteria the proxy
@@ -73,7 +82,8 @@ type filterChain struct {
 type chainMatch struct {
 	dport     uint32 // 0: any
 	dst       []netip.Prefix
-	transport string // "" or raw_buffer
+	transport string   // "", raw_buffer or tls
+	alpn      []string // application_protocols
 	directSrc []netip.Prefix
 	src       []netip.Prefix
 	sports    []uint32
@@ -153,10 +163,23 @@ func compileListener(l *listener.Listener) (*listenerConfig, error) {
 				return nil, fmt.Errorf("%s: %s is listed twice", fp, listenerOrigSrc)
 			}
 			lc.origSrc = &originalSrc{mark: os.GetMark()}
+		case listenerTLSInspector:
+			var ti tlsinspector.TlsInspector
+			if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &ti); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(fp+".typed_config", &ti); err != nil {
+				return nil, err
+			}
+			if lc.tlsInspector {
+				return nil, fmt.Errorf("%s: %s is listed twice", fp, listenerTLSInspector)
+			}
+			lc.tlsInspector = true
 		default:
-			return nil, fmt.Errorf("%s: listener filter %q is not supported by nodemesh-proxy (%s, %s)", fp, f.GetName(), listenerOrigDst, listenerOrigSrc)
+			return nil, fmt.Errorf("%s: listener filter %q is not supported by nodemesh-proxy (%s, %s, %s)", fp, f.GetName(), listenerOrigDst, listenerOrigSrc, listenerTLSInspector)
 		}
 	}
+	lc.filtersTimeout = listenerFiltersTimeout
 	if len(l.GetFilterChains()) == 0 && l.GetDefaultFilterChain() == nil {
 		return nil, fmt.Errorf("%s: no filter chains", path)
 	}
@@ -175,6 +198,12 @@ func compileListener(l *listener.Listener) (*listenerConfig, error) {
 			}
 			seen[k] = i
 		}
+		if !lc.tlsInspector && (c.match.transport == transportTLS || len(c.match.alpn) > 0) {
+			// Without it every connection is raw_buffer without ALPN:
+			// the chain could never match (Envoy stopped injecting it).
+			return nil, fmt.Errorf("%s.filter_chain_match: matching on transport_protocol %q or application_protocols needs the %s listener filter",
+				fp, c.match.transport, listenerTLSInspector)
+		}
 		lc.chains = append(lc.chains, c)
 	}
 	if d := l.GetDefaultFilterChain(); d != nil {
@@ -188,13 +217,32 @@ func compileListener(l *listener.Listener) (*listenerConfig, error) {
 		}
 		lc.defaultChain = c
 	}
-	for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
-		if c != nil && c.hcm.rdsName != "" && !slices.Contains(lc.rdsNames, c.hcm.rdsName) {
+	lc.secretRefs = map[string]secretKind{}
+	for _, c := range lc.allChains() {
+		if c.hcm.rdsName != "" && !slices.Contains(lc.rdsNames, c.hcm.rdsName) {
 			lc.rdsNames = append(lc.rdsNames, c.hcm.rdsName)
+		}
+		if c.tlsCtx != nil {
+			for n, k := range c.tlsCtx.refs() {
+				if prev, ok := lc.secretRefs[n]; ok && prev != k {
+					return nil, fmt.Errorf("%s: secret %q is used both as %s and as %s", path, n, prev, k)
+				}
+				lc.secretRefs[n] = k
+			}
+			lc.tlsChains = true
 		}
 	}
 	slices.Sort(lc.rdsNames)
 	return lc, nil
+}
+
+// allChains is the filter chains and the default chain.
+func (lc *listenerConfig) allChains() []*filterChain {
+	out := slices.Clone(lc.chains)
+	if lc.defaultChain != nil {
+		out = append(out, lc.defaultChain)
+	}
+	return out
 }
 
 // sockopts lists the options the listening socket needs.
@@ -210,26 +258,36 @@ func (k socketKey) sockopts(extra []intSockopt) []intSockopt {
 }
 
 func compileFilterChain(path string, fc *listener.FilterChain) (*filterChain, error) {
-	if err := onlyFields(path, fc, "name", "filter_chain_match", "filters"); err != nil {
-		if fc.TransportSocket != nil {
-			return nil, fmt.Errorf("%s.transport_socket: %q is not supported by nodemesh-proxy yet (plaintext only): %w", path, fc.GetTransportSocket().GetName(), err)
-		}
+	if err := onlyFields(path, fc, "name", "filter_chain_match", "filters", "transport_socket"); err != nil {
 		return nil, err
 	}
 	c := &filterChain{name: fc.GetName()}
+	if ts := fc.GetTransportSocket(); ts != nil {
+		tc, err := compileDownstreamTLS(path+".transport_socket", ts)
+		if err != nil {
+			return nil, err
+		}
+		c.tlsCtx = tc
+	}
 	if m := fc.GetFilterChainMatch(); m != nil {
 		mp := path + ".filter_chain_match"
 		if err := onlyFields(mp, m, "destination_port", "prefix_ranges", "direct_source_prefix_ranges", "source_type",
-			"source_prefix_ranges", "source_ports", "transport_protocol"); err != nil {
+			"source_prefix_ranges", "source_ports", "transport_protocol", "application_protocols"); err != nil {
 			return nil, err
 		}
 		if m.GetSourceType() != listener.FilterChainMatch_ANY {
 			return nil, fmt.Errorf("%s.source_type: %s is not supported (ANY)", mp, m.GetSourceType())
 		}
-		if tp := m.GetTransportProtocol(); tp != "" && tp != transportRawBytes {
-			return nil, fmt.Errorf("%s.transport_protocol: %q is not supported (%q; the proxy has no TLS inspector)", mp, tp, transportRawBytes)
+		if tp := m.GetTransportProtocol(); tp != "" && tp != transportRawBytes && tp != transportTLS {
+			return nil, fmt.Errorf("%s.transport_protocol: %q is not supported (%q, %q)", mp, tp, transportRawBytes, transportTLS)
 		}
 		c.match.transport = m.GetTransportProtocol()
+		for i, a := range m.GetApplicationProtocols() {
+			if a == "" {
+				return nil, fmt.Errorf("%s.application_protocols[%d]: must not be empty", mp, i)
+			}
+		}
+		c.match.alpn = slices.Clone(m.GetApplicationProtocols())
 		if m.DestinationPort != nil {
 			p := m.GetDestinationPort().GetValue()
 			if p == 0 || p > 65535 {
@@ -309,12 +367,18 @@ func (m *chainMatch) keys() []string {
 			ports = append(ports, fmt.Sprint(p))
 		}
 	}
+	alpns := []string{"*"}
+	if len(m.alpn) > 0 {
+		alpns = m.alpn
+	}
 	var keys []string
 	for _, d := range each(m.dst) {
-		for _, ds := range each(m.directSrc) {
-			for _, s := range each(m.src) {
-				for _, sp := range ports {
-					keys = append(keys, fmt.Sprintf("dport=%d dst=%s transport=%q direct_src=%s src=%s sport=%s", m.dport, d, m.transport, ds, s, sp))
+		for _, a := range alpns {
+			for _, ds := range each(m.directSrc) {
+				for _, s := range each(m.src) {
+					for _, sp := range ports {
+						keys = append(keys, fmt.Sprintf("dport=%d dst=%s transport=%q alpn=%q direct_src=%s src=%s sport=%s", m.dport, d, m.transport, a, ds, s, sp))
+					}
 				}
 			}
 		}
@@ -324,12 +388,18 @@ func (m *chainMatch) keys() []string {
 
 // selectChain picks the filter chain of a connection as Envoy does: the
 // criteria are applied in order (destination port, destination IP,
-// transport protocol, direct source IP, source IP, source port) and at
-// each one only the chains with the most specific match go on; a
+// [server names: refused at compile time], transport protocol,
+// application protocols, direct source IP, source IP, source port) and
+// at each one only the chains with the most specific match go on; a
 // connection that falls through at a later criterion does not go back to
 // a less specific chain of an earlier one. No chain: the default chain,
-// else nil (the connection is reset).
-func (lc *listenerConfig) selectChain(local, remote netip.AddrPort) *filterChain {
+// else nil (the connection is reset). h is what the listener filters
+// found (nil: raw_buffer, no ALPN).
+func (lc *listenerConfig) selectChain(local, remote netip.AddrPort, h *helloInfo) *filterChain {
+	transport, alpn := transportRawBytes, []string(nil)
+	if h != nil {
+		transport, alpn = h.transport, h.alpn
+	}
 	cands := make([]*filterChain, 0, len(lc.chains))
 	cands = append(cands, lc.chains...)
 	// destination port: exact beats unset.
@@ -343,12 +413,29 @@ func (lc *listenerConfig) selectChain(local, remote netip.AddrPort) *filterChain
 		return -1
 	})
 	cands = narrow(cands, func(c *filterChain) int { return prefixScore(c.match.dst, local.Addr()) })
-	// A connection's transport protocol is raw_buffer: there is no TLS inspector.
+	// The detected transport protocol beats none; another one fails.
 	cands = narrow(cands, func(c *filterChain) int {
-		if c.match.transport == transportRawBytes {
+		switch c.match.transport {
+		case transport:
 			return 1
+		case "":
+			return 0
 		}
-		return 0
+		return -1
+	})
+	// Application protocols: the client's first protocol that some chain
+	// lists wins (Envoy walks the client's list in order), then chains
+	// without application_protocols.
+	cands = narrow(cands, func(c *filterChain) int {
+		if len(c.match.alpn) == 0 {
+			return 0
+		}
+		for i, a := range alpn {
+			if slices.Contains(c.match.alpn, a) {
+				return len(alpn) - i
+			}
+		}
+		return -1
 	})
 	cands = narrow(cands, func(c *filterChain) int { return prefixScore(c.match.directSrc, remote.Addr()) })
 	cands = narrow(cands, func(c *filterChain) int { return prefixScore(c.match.src, remote.Addr()) })

@@ -245,6 +245,9 @@ func headerValue(r *http.Request, name string) (string, bool) {
 	case ":authority", "Host":
 		return r.Host, r.Host != ""
 	case ":scheme":
+		if r.TLS != nil {
+			return "https", true
+		}
 		return "http", true
 	}
 	vs, ok := r.Header[name]

@@ -17,6 +17,12 @@ type metrics struct {
 	configVersion      *prometheus.GaugeVec
 	accessLogEntries   *prometheus.CounterVec
 	accessLogUp        *prometheus.GaugeVec
+	// TLS: Envoy's ssl.* statistics per listener and cluster, the
+	// reasons of refused handshakes, the tls_inspector's findings.
+	ssl                    *prometheus.CounterVec
+	sslReasons             *prometheus.CounterVec
+	tlsInspector           *prometheus.CounterVec
+	listenerFilterTimeouts *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -46,7 +52,17 @@ func newMetrics() *metrics {
 		accessLogUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodemesh_proxy_grpc_access_log_stream_up",
 			Help: "1 while a gRPC access log's stream to its service is up, by cluster and log name."}, []string{"cluster", "log_name"}),
 	}
+	m.ssl = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_ssl_total",
+		Help: "TLS handshakes by scope (listener or cluster), its name and Envoy's ssl.* statistic: handshake, session_reused, " +
+			"connection_error, fail_verify_error, fail_verify_san, fail_verify_no_cert, no_certificate."}, []string{"scope", "name", "stat"})
+	m.sslReasons = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_ssl_fail_verify_reasons_total",
+		Help: "Failed TLS handshakes by scope, name and reason (svid-expired, svid-wrong-trust-domain, san-mismatch, ...)."}, []string{"scope", "name", "reason"})
+	m.tlsInspector = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_tls_inspector_total",
+		Help: "Connections the tls_inspector listener filter saw, by listener: tls_found, tls_not_found."}, []string{"listener", "stat"})
+	m.listenerFilterTimeouts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_downstream_pre_cx_timeout_total",
+		Help: "Connections closed because the listener filters timed out waiting for data, by listener."}, []string{"listener"})
 	m.reg.MustRegister(m.requests, m.rbac, m.connectFailures, m.downstreamCx, m.downstreamCxActive, m.noFilterChain,
-		m.xdsUpdates, m.xdsConnected, m.configVersion, m.accessLogEntries, m.accessLogUp)
+		m.xdsUpdates, m.xdsConnected, m.configVersion, m.accessLogEntries, m.accessLogUp,
+		m.ssl, m.sslReasons, m.tlsInspector, m.listenerFilterTimeouts)
 	return m
 }

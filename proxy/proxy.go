@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -39,16 +40,27 @@ type Proxy struct {
 	// Read by every request, replaced (copy on write) by the xDS loop.
 	routes   atomic.Pointer[map[string]*routeTable]
 	clusters atomic.Pointer[map[string]*upstreamCluster]
+	secrets  atomic.Pointer[map[string]*secret] // read by every handshake
 	ready    atomic.Bool
+
+	svid         SVIDVerifier
+	secretSeq    atomic.Uint64 // numbers accepted secret versions
+	tlsGen       atomic.Uint64 // numbers upstream TLS generations
+	ticketSecret [32]byte      // session ticket keys derive from it
 
 	mu            sync.Mutex // guards the resource state below
 	listeners     map[string]*listenerState
 	clusterStates map[string]*resourceState
 	routeStates   map[string]*resourceState
-	versions      map[string]string // type URL → last accepted version_info
-	acked         map[string]bool   // type URL → a response was accepted once
-	adminAddr     net.Addr
-	grpcLogs      map[grpcLogKey]*grpcLogger // the loggers listeners use
+	secretStates  map[string]*resourceState
+	// pendingClusters warm: they wait for their secrets, while the
+	// previous version of the cluster, if any, serves (Envoy's cluster
+	// warming).
+	pendingClusters map[string]*pendingCluster
+	versions        map[string]string // type URL → last accepted version_info
+	acked           map[string]bool   // type URL → a response was accepted once
+	adminAddr       net.Addr
+	grpcLogs        map[grpcLogKey]*grpcLogger // the loggers listeners use
 }
 
 // resourceState is what /config_dump shows of one resource.
@@ -78,11 +90,26 @@ func New(cfg Config, logger *slog.Logger) *Proxy {
 		cfg: cfg, log: logger, metrics: newMetrics(), access: &accessLogger{w: out},
 		discardLog: log.New(io.Discard, "", 0),
 		listeners:  map[string]*listenerState{}, clusterStates: map[string]*resourceState{}, routeStates: map[string]*resourceState{},
+		secretStates: map[string]*resourceState{}, pendingClusters: map[string]*pendingCluster{},
 		versions: map[string]string{}, acked: map[string]bool{}, grpcLogs: map[grpcLogKey]*grpcLogger{},
+		svid: cfg.SVIDVerifier,
+	}
+	if p.svid == nil {
+		p.svid = X509SVIDVerifier{}
+	}
+	if _, err := rand.Read(p.ticketSecret[:]); err != nil {
+		panic(fmt.Sprintf("session ticket secret: %v", err)) // crypto/rand does not fail on Linux
 	}
 	p.routes.Store(&map[string]*routeTable{})
 	p.clusters.Store(&map[string]*upstreamCluster{})
+	p.secrets.Store(&map[string]*secret{})
 	return p
+}
+
+// pendingCluster is a cluster waiting for its secrets.
+type pendingCluster struct {
+	u     *upstreamCluster
+	state *resourceState
 }
 
 // Run serves the admin endpoint and follows the control plane until ctx
@@ -157,6 +184,7 @@ const (
 	typeListener = "type.googleapis.com/envoy.config.listener.v3.Listener"
 	typeCluster  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 	typeRoute    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	// typeSecret: secret.go.
 )
 
 func failure(version string, raw proto.Message, err error) *admin.UpdateFailureState {
@@ -206,6 +234,9 @@ func (p *Proxy) applyListeners(version string, ls []*listener.Listener) error {
 			err = p.resolveLogsLocked(lc)
 		}
 		if err == nil {
+			p.bindTLSLocked(lc)
+		}
+		if err == nil {
 			lc.version, lc.updated = version, time.Now()
 			err = p.installListener(old, lc, routes)
 		}
@@ -220,9 +251,20 @@ func (p *Proxy) applyListeners(version string, ls []*listener.Listener) error {
 		}
 	}
 	p.pruneRoutesLocked()
+	p.pruneSecretsLocked()
 	p.pruneLogsLocked(false)
 	p.updateReadyLocked()
 	return errors.Join(errs...)
+}
+
+// bindTLSLocked binds the TLS contexts of lc's filter chains to the
+// proxy (secrets, statistics, session ticket keys).
+func (p *Proxy) bindTLSLocked(lc *listenerConfig) {
+	for _, c := range lc.allChains() {
+		if c.tlsCtx != nil {
+			c.tls = p.newDownstreamTLS(lc.name, c.name, c.tlsCtx)
+		}
+	}
 }
 
 // resolveLogsLocked gives each gRPC access log of lc its logger, started
@@ -297,7 +339,7 @@ func (p *Proxy) installListener(old *listenerState, lc *listenerConfig, routes m
 		if err := old.rt.setAddrs(lc); err != nil {
 			return err
 		}
-		old.rt.update(lc, routes)
+		old.rt.update(lc, routes, *p.secrets.Load())
 	case old != nil && old.rt != nil && old.rt.overlaps(lc.addrs):
 		return fmt.Errorf("listener %q: changing transparent, freebind or socket_options of a bound address is not supported (remove the listener, then add it)", lc.name)
 	default:
@@ -305,7 +347,7 @@ func (p *Proxy) installListener(old *listenerState, lc *listenerConfig, routes m
 		if err != nil {
 			return err
 		}
-		rt.update(lc, routes)
+		rt.update(lc, routes, *p.secrets.Load())
 		if old != nil && old.rt != nil {
 			old.rt.drain()
 		}
@@ -380,9 +422,10 @@ func (p *Proxy) applyRoutes(version string, rcs []*route.RouteConfiguration) err
 		p.routeStates[name] = &resourceState{version: version, raw: rc, updated: time.Now()}
 	}
 	p.routes.Store(&next)
+	secrets := *p.secrets.Load()
 	for _, st := range p.listeners {
 		if st.rt != nil {
-			st.rt.promote(next)
+			st.rt.promote(next, secrets)
 		}
 	}
 	p.updateReadyLocked()
@@ -410,24 +453,38 @@ func (p *Proxy) pruneRoutesLocked() {
 	}
 }
 
-// applyClusters applies a state-of-the-world CDS response.
+// applyClusters applies a state-of-the-world CDS response. A cluster
+// whose secrets have not arrived warms (pendingClusters); its previous
+// version, if any, serves meanwhile.
 func (p *Proxy) applyClusters(version string, cs []*cluster.Cluster) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
 	cur := *p.clusters.Load()
+	secrets := *p.secrets.Load()
 	next := make(map[string]*upstreamCluster, len(cs))
 	states := make(map[string]*resourceState, len(cs))
+	seen := make(map[string]bool, len(cs))
 	for _, c := range cs {
 		name := c.GetName()
 		old := p.clusterStates[name]
-		if _, dup := states[name]; dup {
+		if seen[name] {
 			errs = append(errs, fmt.Errorf("cluster %q: duplicate name in one response", name))
+			continue
+		}
+		seen[name] = true
+		if pc := p.pendingClusters[name]; pc != nil && proto.Equal(pc.state.raw, c) {
+			// Still warming: unchanged.
+			pc.state.failed = nil
+			if cur[name] != nil && old != nil {
+				next[name], states[name] = cur[name], old
+			}
 			continue
 		}
 		if old != nil && old.raw != nil && proto.Equal(old.raw, c) && cur[name] != nil {
 			next[name], states[name] = cur[name], old
 			old.failed = nil
+			delete(p.pendingClusters, name)
 			continue
 		}
 		u, err := compileCluster(fmt.Sprintf("cluster %q", name), c)
@@ -442,11 +499,30 @@ func (p *Proxy) applyClusters(version string, cs []*cluster.Cluster) error {
 			states[name] = st
 			continue
 		}
+		if u.tls != nil {
+			u.tls.p = p
+		}
+		st := &resourceState{version: version, raw: c, updated: time.Now()}
+		if !secretsReady(u.secretRefs(), secrets) {
+			p.pendingClusters[name] = &pendingCluster{u: u, state: st}
+			if cur[name] != nil && old != nil && old.raw != nil {
+				next[name], states[name] = cur[name], old
+			}
+			continue
+		}
+		delete(p.pendingClusters, name)
 		next[name] = u
-		states[name] = &resourceState{version: version, raw: c, updated: time.Now()}
+		states[name] = st
+	}
+	for name := range p.pendingClusters {
+		if !seen[name] {
+			delete(p.pendingClusters, name)
+		}
 	}
 	p.clusters.Store(&next)
 	p.clusterStates = states
+	p.pruneSecretsLocked()
+	p.updateReadyLocked()
 	for name, u := range cur {
 		if next[name] != u {
 			// In-flight requests keep their transport; idle pooled
@@ -455,6 +531,34 @@ func (p *Proxy) applyClusters(version string, cs []*cluster.Cluster) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// promoteClustersLocked activates the warming clusters whose secrets
+// have arrived.
+func (p *Proxy) promoteClustersLocked() {
+	secrets := *p.secrets.Load()
+	cur := *p.clusters.Load()
+	var next map[string]*upstreamCluster
+	for name, pc := range p.pendingClusters {
+		if !secretsReady(pc.u.secretRefs(), secrets) {
+			continue
+		}
+		if next == nil {
+			next = maps.Clone(cur)
+		}
+		next[name] = pc.u
+		p.clusterStates[name] = pc.state
+		delete(p.pendingClusters, name)
+	}
+	if next == nil {
+		return
+	}
+	p.clusters.Store(&next)
+	for name, u := range cur {
+		if next[name] != u {
+			u.closeIdle()
+		}
+	}
 }
 
 // accepted records an accepted response of a type.
@@ -469,9 +573,9 @@ func (p *Proxy) accepted(typeURL, version string) {
 }
 
 // updateReadyLocked: ready once LDS and CDS were accepted and no listener
-// warms; it stays ready after (as Envoy's /ready).
+// or cluster warms; it stays ready after (as Envoy's /ready).
 func (p *Proxy) updateReadyLocked() {
-	if p.ready.Load() || !p.acked[typeListener] || !p.acked[typeCluster] {
+	if p.ready.Load() || !p.acked[typeListener] || !p.acked[typeCluster] || len(p.pendingClusters) > 0 {
 		return
 	}
 	for _, st := range p.listeners {
@@ -491,6 +595,8 @@ func shortType(typeURL string) string {
 		return "cds"
 	case typeRoute:
 		return "rds"
+	case typeSecret:
+		return "sds"
 	}
 	return typeURL
 }

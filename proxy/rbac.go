@@ -37,6 +37,7 @@ type requestAttrs struct {
 	remote netip.AddrPort // the downstream peer
 	local  netip.AddrPort // the original destination
 	path   *string        // requestPath, computed once
+	tls    *tlsInfo       // the downstream TLS session, nil for plaintext
 }
 
 func (a *requestAttrs) urlPath(r *http.Request) string {
@@ -296,6 +297,8 @@ func compilePrincipal(path string, p *rbac.Principal) (principal, error) {
 		return func(q *http.Request, _ *requestAttrs) bool { return hm.match(q) }, nil
 	case *rbac.Principal_UrlPath:
 		return compileURLPath(path+".url_path", id.UrlPath)
+	case *rbac.Principal_Authenticated_:
+		return compileAuthenticated(path+".authenticated", id.Authenticated)
 	case nil:
 		return nil, fmt.Errorf("%s: an identifier is required", path)
 	default:
@@ -319,3 +322,38 @@ func compilePrincipals(path string, s *rbac.Principal_Set) ([]principal, error) 
 }
 
 func ruleName[S ~string](s S) string { return strings.TrimSpace(string(s)) }
+
+// compileAuthenticated is Envoy's authenticated principal: it matches a
+// request on a TLS connection; with principal_name, when the matcher
+// matches one of the peer certificate's URI SANs, else one of its DNS
+// SANs, else its subject (RFC 2253). Without a client certificate, only
+// the (empty) subject is left to match.
+func compileAuthenticated(path string, a *rbac.Principal_Authenticated) (principal, error) {
+	if err := onlyFields(path, a, "principal_name"); err != nil {
+		return nil, err
+	}
+	if a.PrincipalName == nil {
+		return func(_ *http.Request, at *requestAttrs) bool { return at.tls != nil }, nil
+	}
+	sm, err := compileStringMatcher(path+".principal_name", a.GetPrincipalName())
+	if err != nil {
+		return nil, err
+	}
+	return func(_ *http.Request, at *requestAttrs) bool {
+		t := at.tls
+		if t == nil {
+			return false
+		}
+		for _, u := range t.peerURIs {
+			if sm.match(u) {
+				return true
+			}
+		}
+		for _, d := range t.peerDNS {
+			if sm.match(d) {
+				return true
+			}
+		}
+		return sm.match(t.peerSubj)
+	}, nil
+}

@@ -2,13 +2,16 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -125,13 +128,13 @@ func (lr *listenerRuntime) Addr() netip.AddrPort {
 	return lr.socks[lr.order[0]].Addr().(*net.TCPAddr).AddrPort()
 }
 
-// update installs lc now when its route configurations are known, else
-// keeps it warming (the previous config, if any, keeps serving: Envoy's
-// listener warming).
-func (lr *listenerRuntime) update(lc *listenerConfig, routes map[string]*routeTable) {
+// update installs lc now when its route configurations and secrets are
+// known, else keeps it warming (the previous config, if any, keeps
+// serving: Envoy's listener warming).
+func (lr *listenerRuntime) update(lc *listenerConfig, routes map[string]*routeTable, secrets map[string]*secret) {
 	lr.mu.Lock()
 	defer lr.mu.Unlock()
-	if warm(lc, routes) {
+	if warm(lc, routes, secrets) {
 		lr.pending = nil
 		lr.activateLocked(lc)
 		return
@@ -139,11 +142,12 @@ func (lr *listenerRuntime) update(lc *listenerConfig, routes map[string]*routeTa
 	lr.pending = lc
 }
 
-// promote activates a warming config whose routes have arrived.
-func (lr *listenerRuntime) promote(routes map[string]*routeTable) {
+// promote activates a warming config whose routes and secrets have
+// arrived.
+func (lr *listenerRuntime) promote(routes map[string]*routeTable, secrets map[string]*secret) {
 	lr.mu.Lock()
 	defer lr.mu.Unlock()
-	if lr.pending != nil && warm(lr.pending, routes) {
+	if lr.pending != nil && warm(lr.pending, routes, secrets) {
 		lc := lr.pending
 		lr.pending = nil
 		lr.activateLocked(lc)
@@ -156,13 +160,13 @@ func (lr *listenerRuntime) warming() bool {
 	return lr.pending != nil
 }
 
-func warm(lc *listenerConfig, routes map[string]*routeTable) bool {
+func warm(lc *listenerConfig, routes map[string]*routeTable, secrets map[string]*secret) bool {
 	for _, n := range lc.rdsNames {
 		if routes[n] == nil {
 			return false
 		}
 	}
-	return true
+	return secretsReady(lc.secretRefs, secrets)
 }
 
 var configGen atomic.Uint64
@@ -243,24 +247,100 @@ func (lr *listenerRuntime) acceptLoop(ln net.Listener) {
 }
 
 // dispatch chooses the connection's filter chain; none: reset (fail
-// closed) and count.
+// closed) and count. Connections that listener filters must read from or
+// that need a TLS handshake continue on their own goroutine.
 func (lr *listenerRuntime) dispatch(c net.Conn) {
 	lc := lr.cfg.Load()
 	ci := newConnInfo(lr, c, lc)
 	lr.p.metrics.downstreamCx.WithLabelValues(lr.name).Inc()
-	fc := lc.selectChain(ci.origDst, ci.remote)
+	if lc.tlsInspector || lc.tlsChains {
+		go lr.dispatchTLS(c, ci, lc)
+		return
+	}
+	fc := lc.selectChain(ci.origDst, ci.remote, nil)
 	if fc == nil {
-		lr.p.metrics.noFilterChain.WithLabelValues(lr.name).Inc()
-		lr.p.log.Debug("no filter chain matches: connection reset", "listener", lr.name, "remote", ci.remote, "dst", ci.origDst)
-		resetClose(c)
+		lr.noChain(c, ci)
 		return
 	}
 	ci.cache.Store(&chainChoice{gen: lc.gen, chain: fc})
-	dc := &downConn{Conn: c, info: ci}
+	lr.handOff(&downConn{Conn: c, info: ci}, fc)
+}
+
+func (lr *listenerRuntime) noChain(c net.Conn, ci *connInfo) {
+	lr.p.metrics.noFilterChain.WithLabelValues(lr.name).Inc()
+	lr.p.log.Debug("no filter chain matches: connection reset", "listener", lr.name, "remote", ci.remote, "dst", ci.origDst)
+	resetClose(c)
+}
+
+// dispatchTLS runs the tls_inspector, chooses the chain and, for a chain
+// with a TLS context, runs the handshake before handing the connection to
+// its HTTP server. A failed handshake closes the connection (the peer got
+// the alert) and is logged with its reason.
+func (lr *listenerRuntime) dispatchTLS(c net.Conn, ci *connInfo, lc *listenerConfig) {
+	conn := c
+	if lc.tlsInspector {
+		h, replay, err := inspectTLS(c, lc.filtersTimeout)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				lr.p.metrics.listenerFilterTimeouts.WithLabelValues(lr.name).Inc()
+			}
+			lr.p.log.Debug("connection ended in the listener filters", "listener", lr.name, "remote", ci.remote, "err", err)
+			_ = c.Close()
+			return
+		}
+		lr.p.metrics.tlsInspector.WithLabelValues(lr.name, "tls_found").Add(boolF(h.transport == transportTLS))
+		lr.p.metrics.tlsInspector.WithLabelValues(lr.name, "tls_not_found").Add(boolF(h.transport != transportTLS))
+		ci.hello, conn = &h, replay
+	}
+	fc := lc.selectChain(ci.origDst, ci.remote, ci.hello)
+	if fc == nil {
+		lr.noChain(c, ci)
+		return
+	}
+	if fc.tls != nil {
+		tc, err := fc.tls.handshake(conn, fc.hcm.profile.idleTimeout)
+		if err != nil {
+			var he *handshakeError
+			reason := reasonHandshakeErr
+			if errors.As(err, &he) {
+				reason = he.reason
+			}
+			// Refused certificates are policy events; other failures
+			// (probes, clients going away) are not.
+			level := slog.LevelInfo
+			var ve *verifyError
+			if errors.As(err, &ve) {
+				level = slog.LevelWarn
+			}
+			lr.p.log.Log(context.Background(), level, "downstream TLS handshake failed", "listener", lr.name, "chain", fc.name,
+				"remote", ci.remote, "dst", ci.origDst, "reason", reason, "err", err)
+			_ = c.Close()
+			return
+		}
+		var local *tls.Certificate
+		if s := (*lr.p.secrets.Load())[fc.tlsCtx.certSecret]; s != nil {
+			local = s.cert
+		}
+		ci.tls = newTLSInfo(tc.ConnectionState(), fc.tlsCtx, local)
+		conn = tc
+	}
+	ci.cache.Store(&chainChoice{gen: lc.gen, chain: fc})
+	lr.handOff(&downConn{Conn: conn, info: ci}, fc)
+}
+
+func boolF(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// handOff gives a connection to the HTTP server of its chain's profile.
+func (lr *listenerRuntime) handOff(dc *downConn, fc *filterChain) {
 	for {
 		s := lr.server(fc.hcm.profile)
 		if s == nil { // draining
-			resetClose(c)
+			resetClose(dc.info.raw)
 			return
 		}
 		select {
@@ -329,6 +409,7 @@ func (lr *listenerRuntime) server(prof serverProfile) *profileServer {
 // connInfo is what the proxy knows about a downstream connection.
 type connInfo struct {
 	lr       *listenerRuntime
+	raw      net.Conn // the accepted socket
 	remote   netip.AddrPort
 	local    netip.AddrPort // the accepted socket's local address
 	origDst  netip.AddrPort // the original destination
@@ -337,6 +418,9 @@ type connInfo struct {
 	// connection's upstream socket options once.
 	bind  upstreamBind
 	cache atomic.Pointer[chainChoice]
+	// Set once, before the connection reaches its HTTP server.
+	hello *helloInfo // what the tls_inspector found, nil without it
+	tls   *tlsInfo   // the TLS session, nil for plaintext
 }
 
 // upstreamBind is how the upstream connections of a downstream connection
@@ -356,7 +440,7 @@ type chainChoice struct {
 type connKey struct{}
 
 func newConnInfo(lr *listenerRuntime, c net.Conn, lc *listenerConfig) *connInfo {
-	ci := &connInfo{lr: lr, remote: unmap(c.RemoteAddr()), local: unmap(c.LocalAddr())}
+	ci := &connInfo{lr: lr, raw: c, remote: unmap(c.RemoteAddr()), local: unmap(c.LocalAddr())}
 	ci.origDst = ci.local
 	// With IP_TRANSPARENT (TPROXY, bpf_sk_assign) the accepted socket's
 	// local address is the destination the client dialed.
@@ -382,14 +466,38 @@ func unmap(a net.Addr) netip.AddrPort {
 }
 
 // chain returns the connection's filter chain under the active config,
-// choosing again only when the config changed.
+// choosing again only when the config changed. A connection stays with a
+// chain whose transport it was not accepted under only if that makes no
+// difference: TLS or not alike, the same server certificate, and its
+// client certificate verified by the new chain's validation context.
+// Otherwise it has no chain (it is reset).
 func (ci *connInfo) chain(lc *listenerConfig) *filterChain {
 	if cc := ci.cache.Load(); cc != nil && cc.gen == lc.gen {
 		return cc.chain
 	}
-	fc := lc.selectChain(ci.origDst, ci.remote)
+	fc := lc.selectChain(ci.origDst, ci.remote, ci.hello)
+	if fc != nil && !ci.fits(fc) {
+		fc = nil
+	}
 	ci.cache.Store(&chainChoice{gen: lc.gen, chain: fc})
 	return fc
+}
+
+func (ci *connInfo) fits(fc *filterChain) bool {
+	if (fc.tls == nil) != (ci.tls == nil) {
+		return false
+	}
+	if fc.tls == nil {
+		return true
+	}
+	if fc.tlsCtx == ci.tls.ctx {
+		return true
+	}
+	if fc.tlsCtx.certSecret != ci.tls.ctx.certSecret {
+		return false
+	}
+	_, err := fc.tls.verifyPeer(ci.tls.peer)
+	return err == nil
 }
 
 // downConn carries the connInfo into the HTTP server.

@@ -138,7 +138,7 @@ func TestTranslateListener(t *testing.T) {
 			}))},
 		{name: "router not last", wantErr: "the last filter must be envoy.filters.http.router",
 			l: testListener(withHCM(func(h *hcm.HttpConnectionManager) { h.HttpFilters = h.HttpFilters[:1] }))},
-		{name: "tls transport socket", wantErr: `filter_chains[0].transport_socket: "envoy.transport_sockets.tls" is not supported by nodemesh-proxy yet`,
+		{name: "tls transport socket without a context", wantErr: `filter_chains[0].transport_socket.typed_config.common_tls_context: is required`,
 			l: testListener(func(l *listener.Listener) {
 				l.FilterChains[0].TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls",
 					ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: pt.Any(&tls.DownstreamTlsContext{})}}
@@ -148,7 +148,7 @@ func TestTranslateListener(t *testing.T) {
 				l.FilterChains[0].Filters[0] = &listener.Filter{Name: "envoy.filters.network.tcp_proxy",
 					ConfigType: &listener.Filter_TypedConfig{TypedConfig: pt.Any(&tcpproxy.TcpProxy{StatPrefix: "x"})}}
 			})},
-		{name: "tls inspector", wantErr: `listener filter "envoy.filters.listener.tls_inspector" is not supported`,
+		{name: "tls inspector without typed_config", wantErr: `listener_filters[0].typed_config: typed_config is required`,
 			l: testListener(func(l *listener.Listener) {
 				l.ListenerFilters = []*listener.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}
 			})},
@@ -198,9 +198,14 @@ func TestTranslateListener(t *testing.T) {
 				Principals: anyPrincipal(), Condition: &expr.Expr{}}))},
 		{name: "rbac metadata permission", wantErr: `permissions[0]: permission metadata is not supported`,
 			l: testListener(withPolicy(&rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_Metadata{Metadata: &matcher.MetadataMatcher{}}}}, Principals: anyPrincipal()}))},
-		{name: "rbac authenticated principal", wantErr: `principals[0]: principal authenticated is not supported`,
+		{name: "rbac authenticated principal", l: testListener(withPolicy(&rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_Any{Any: true}}},
+			Principals: []*rbac.Principal{{Identifier: &rbac.Principal_Authenticated_{Authenticated: &rbac.Principal_Authenticated{}}}}}))},
+		{name: "rbac authenticated principal with a bad regex", wantErr: `principals[0].authenticated.principal_name.safe_regex.regex "(": error parsing regexp`,
 			l: testListener(withPolicy(&rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_Any{Any: true}}},
-				Principals: []*rbac.Principal{{Identifier: &rbac.Principal_Authenticated_{Authenticated: &rbac.Principal_Authenticated{}}}}}))},
+				Principals: []*rbac.Principal{pt.Authenticated(pt.Regex("("))}}))},
+		{name: "rbac metadata principal", wantErr: `principals[0]: principal metadata is not supported`,
+			l: testListener(withPolicy(&rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_Any{Any: true}}},
+				Principals: []*rbac.Principal{{Identifier: &rbac.Principal_Metadata{Metadata: &matcher.MetadataMatcher{}}}}}))},
 		{name: "rbac header range match", wantErr: `permissions[0].header: field range_match not supported`,
 			l: testListener(withPolicy(&rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_Header{Header: &route.HeaderMatcher{
 				Name: "x", HeaderMatchSpecifier: &route.HeaderMatcher_RangeMatch{}}}}}, Principals: anyPrincipal()}))},
@@ -254,7 +259,7 @@ func TestTranslateCluster(t *testing.T) {
 			})},
 		{name: "original dst with round robin", wantErr: "lb_policy: an ORIGINAL_DST cluster needs CLUSTER_PROVIDED",
 			c: od(func(c *cluster.Cluster) { c.LbPolicy = cluster.Cluster_ROUND_ROBIN })},
-		{name: "upstream tls", wantErr: `cluster "od": field transport_socket not supported`,
+		{name: "upstream tls without typed_config", wantErr: `cluster "od".transport_socket.typed_config: is required`,
 			c: od(func(c *cluster.Cluster) {
 				c.TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls"}
 			})},

@@ -12,6 +12,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -20,8 +21,8 @@ import (
 )
 
 // The xDS client speaks state-of-the-world ADS: it subscribes to all
-// clusters and listeners (wildcard) and to the route configurations the
-// listeners name. Every response is answered: an ACK carries the version
+// clusters and listeners (wildcard), to the route configurations the
+// listeners name and to the secrets listeners and clusters name (SDS). Every response is answered: an ACK carries the version
 // and nonce just applied, a NACK the last good version, the nonce and an
 // error_detail naming each refused resource and field. When the stream
 // fails the proxy keeps serving its last configuration and reconnects
@@ -52,8 +53,9 @@ func (p *Proxy) runXDS(ctx context.Context) error {
 
 // adsState is one stream's bookkeeping per type URL.
 type adsState struct {
-	nonce map[string]string
-	names []string // RDS subscription
+	nonce   map[string]string
+	names   []string // RDS subscription
+	secrets []string // SDS subscription
 	// The last version refused per type, and how long to wait before
 	// refusing it again.
 	nacked    map[string]string
@@ -99,6 +101,11 @@ func (p *Proxy) streamOnce(ctx context.Context) (healthy bool, err error) {
 			return false, fmt.Errorf("xDS subscribe: %w", err)
 		}
 	}
+	if st.secrets = p.sdsNames(); len(st.secrets) > 0 {
+		if err := send(typeSecret, st.secrets, nil); err != nil {
+			return false, fmt.Errorf("xDS subscribe: %w", err)
+		}
+	}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
@@ -113,8 +120,11 @@ func (p *Proxy) streamOnce(ctx context.Context) (healthy bool, err error) {
 		st.nonce[typeURL] = resp.GetNonce()
 		applyErr := p.applyResponse(resp)
 		var names []string // wildcard for LDS and CDS
-		if typeURL == typeRoute {
+		switch typeURL {
+		case typeRoute:
 			names = st.names
+		case typeSecret:
+			names = st.secrets
 		}
 		if applyErr != nil {
 			p.metrics.xdsUpdates.WithLabelValues(shortType(typeURL), "nack").Inc()
@@ -146,6 +156,17 @@ func (p *Proxy) streamOnce(ctx context.Context) (healthy bool, err error) {
 			if next := p.rdsNames(); !slices.Equal(next, st.names) {
 				st.names = next
 				if err := send(typeRoute, st.names, nil); err != nil {
+					return healthy, fmt.Errorf("xDS subscribe: %w", err)
+				}
+			}
+		}
+		// Listeners and clusters may name other secrets now. An empty
+		// list would be a wildcard subscription: the last one stays,
+		// and what it brings that nothing uses is dropped.
+		if typeURL == typeListener || typeURL == typeCluster {
+			if next := p.sdsNames(); len(next) > 0 && !slices.Equal(next, st.secrets) {
+				st.secrets = next
+				if err := send(typeSecret, st.secrets, nil); err != nil {
 					return healthy, fmt.Errorf("xDS subscribe: %w", err)
 				}
 			}
@@ -205,6 +226,17 @@ func (p *Proxy) applyResponse(resp *discovery.DiscoveryResponse) error {
 			rcs = append(rcs, rc)
 		}
 		return errors.Join(append(errs, p.applyRoutes(version, rcs))...)
+	case typeSecret:
+		var ss []*tlsv3.Secret
+		for i, a := range resp.GetResources() {
+			s := &tlsv3.Secret{}
+			if err := unpackAny(fmt.Sprintf("resources[%d]", i), a, s); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			ss = append(ss, s)
+		}
+		return errors.Join(append(errs, p.applySecrets(version, ss))...)
 	}
 	return fmt.Errorf("resource type %q is not supported by nodemesh-proxy", typeURL)
 }

@@ -40,6 +40,14 @@ every resource or field it does not implement (keeping its last good
 configuration). Transparent listeners and upstream connections from the
 client's address (original_src) need CAP_NET_ADMIN.
 
+Between node proxies it speaks mTLS as Envoy would with the same
+configuration: the tls_inspector, filter chains matched on TLS and ALPN
+with a DownstreamTlsContext, clusters with an UpstreamTlsContext, and the
+workloads' X.509-SVIDs and trust bundles as SDS secrets on the same ADS
+stream. Peers are verified as X.509-SVIDs; refused handshakes are logged
+with their reason and counted in /stats; /config_dump never shows a
+private key.
+
 The access log (one JSON line per request) goes to stdout for the HTTP
 connection managers that configure envoy.access_loggers.stdout. Those that
 configure envoy.access_loggers.http_grpc stream their entries to a static
