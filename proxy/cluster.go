@@ -480,47 +480,12 @@ func (e *connectError) Unwrap() error { return e.err }
 // Envoy applies a connection's and its cluster's options: should both set
 // SO_MARK, the cluster's wins.
 func (u *upstreamCluster) newTransport(h2c bool, b upstreamBind, ct *clientTLS) *http.Transport {
-	d := &net.Dialer{Timeout: u.connectTimeout}
-	local := u.source
-	var opts []intSockopt
-	if b.src.IsValid() {
-		local = b.src
-		opts = originalSrcSockopts(b)
-	}
-	opts = append(opts, u.sockopts...)
-	if local.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
-	}
-	if len(opts) > 0 {
-		d.Control = func(network, _ string, c syscall.RawConn) error { return applySockopts(c, network, opts) }
+	alpn := "http/1.1"
+	if h2c {
+		alpn = "h2"
 	}
 	t := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if ct != nil {
-				// Envoy's connect timeout runs until the transport
-				// socket is connected: TCP and the TLS handshake.
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, u.connectTimeout)
-				defer cancel()
-			}
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &connectError{err}
-			}
-			if ct == nil {
-				return c, nil
-			}
-			alpn := "http/1.1"
-			if h2c {
-				alpn = "h2"
-			}
-			tc, err := ct.handshake(ctx, u.tls, c, addr, alpn)
-			if err != nil {
-				_ = c.Close()
-				return nil, &connectError{err}
-			}
-			return tc, nil
-		},
+		DialContext: u.dialer(b, ct, alpn),
 		// Envoy pools upstream connections per host without a count limit.
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     u.idleTimeout,
@@ -538,11 +503,56 @@ func (u *upstreamCluster) newTransport(h2c bool, b upstreamBind, ct *clientTLS) 
 	return t
 }
 
+// dialer returns how the cluster connects upstream for a downstream
+// connection bound as b (see newTransport) with the TLS generation ct
+// (nil: plaintext), offering fallbackALPN when the context has no
+// alpn_protocols ("": none). The HTTP pools and tcp_proxy both dial
+// through it, so an upstream connection is made the same way for both.
+func (u *upstreamCluster) dialer(b upstreamBind, ct *clientTLS, fallbackALPN string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: u.connectTimeout}
+	local := u.source
+	var opts []intSockopt
+	if b.src.IsValid() {
+		local = b.src
+		opts = originalSrcSockopts(b)
+	}
+	opts = append(opts, u.sockopts...)
+	if local.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: local.AsSlice()}
+	}
+	if len(opts) > 0 {
+		d.Control = func(network, _ string, c syscall.RawConn) error { return applySockopts(c, network, opts) }
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if ct != nil {
+			// Envoy's connect timeout runs until the transport
+			// socket is connected: TCP and the TLS handshake.
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, u.connectTimeout)
+			defer cancel()
+		}
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &connectError{err}
+		}
+		if ct == nil {
+			return c, nil
+		}
+		tc, err := ct.handshake(ctx, u.tls, c, addr, fallbackALPN)
+		if err != nil {
+			_ = c.Close()
+			return nil, &connectError{err}
+		}
+		return tc, nil
+	}
+}
+
 // errOwnListener refuses an ORIGINAL_DST request whose destination is the
 // proxy's own (non-transparent) listener: forwarding would loop.
 var errOwnListener = errors.New("the original destination is this proxy's own listener")
 
-// pick chooses the upstream address of a request.
+// pick chooses the upstream address of a request (nil for a tcp_proxy
+// connection).
 func (u *upstreamCluster) pick(r *http.Request, ci *connInfo) (netip.AddrPort, error) {
 	if !u.originalDst {
 		n := u.rr.Add(1) - 1
@@ -550,7 +560,7 @@ func (u *upstreamCluster) pick(r *http.Request, ci *connInfo) (netip.AddrPort, e
 	}
 	dst := ci.origDst
 	fromHeader := false
-	if u.useHeader {
+	if u.useHeader && r != nil { // tcp_proxy: no request, no header
 		if v := r.Header.Get(u.headerName); v != "" {
 			ap, err := netip.ParseAddrPort(v)
 			if err != nil {

@@ -30,7 +30,9 @@
 // source and source prefixes and source ports (Envoy's order and
 // most-specific rules, default chain); a filter chain's transport_socket
 // envoy.transport_sockets.tls with a DownstreamTlsContext (see "TLS");
-// one network filter, envoy.filters.network.http_connection_manager, with
+// as network filters either envoy.filters.network.http_connection_manager
+// alone, or an optional envoy.filters.network.rbac then the terminal
+// envoy.filters.network.tcp_proxy (see "L4 chains"); the HCM with
 // rds (over ADS) or an inline route_config, http_filters
 // envoy.filters.http.rbac (ALLOW/DENY; permissions any, and/or/not,
 // header, url_path, destination_ip/port/port_range; principals any,
@@ -59,8 +61,8 @@
 // a cluster's transport_socket envoy.transport_sockets.tls with an
 // UpstreamTlsContext; SDS secrets over ADS (see "TLS").
 //
-// Not yet: delta xDS, EDS, retries, rewrites, other filters (tcp_proxy,
-// network RBAC) and cluster types, server_names matching, TLS parameters
+// Not yet: delta xDS, EDS, retries, rewrites, other filters and cluster
+// types, server_names matching, TLS parameters
 // beyond protocol versions, static or file-based secrets, a bootstrap
 // file (the static gRPC clusters come from Config.GRPCClusters instead).
 //
@@ -151,6 +153,58 @@
 // routed to the client. A pool unused for longer than the cluster's idle
 // timeout is dropped.
 //
+// # L4 chains
+//
+// A chain whose filters are [envoy.filters.network.rbac (optional),
+// envoy.filters.network.tcp_proxy] proxies bytes (tcpproxy.go).
+//
+// tcp_proxy (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
+// stat_prefix (required), cluster (one cluster; weighted_clusters is
+// refused), idle_timeout (Envoy's default 1h; 0 disables it: no bytes
+// either way for that long closes both sides), max_connect_attempts only
+// 1; every other field (access_log: the proxy has no TCP access log
+// entry; hash_policy, tunneling_config, on_demand, metadata_match, the
+// per-direction idle timeouts, max_downstream_connection_duration, ...)
+// is refused. The upstream connection is made by the cluster's dialer,
+// the one its HTTP pools use: the ORIGINAL_DST address (the
+// connection's original destination; use_http_header has no header to
+// read and falls back to it) or STATIC endpoints round robin,
+// connect_timeout, the original_src bind and mark, upstream_bind_config
+// socket options, and the UpstreamTlsContext (without alpn_protocols no
+// ALPN is offered, as Envoy's tcp_proxy). No cluster, or a failed
+// connect: the downstream connection is closed. Bytes are copied both
+// ways; an end of stream on one side closes the other side's write
+// direction (TLS close_notify, then the TCP FIN), so half-closed
+// connections keep flowing the other way; an error on either side closes
+// both. Statistics: nodemesh_proxy_tcp_total{listener,stat_prefix,stat}
+// with Envoy's downstream_cx_total, downstream_cx_no_route, idle_timeout,
+// downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total; connect
+// failures count in nodemesh_proxy_upstream_connect_failures_total.
+// Connections keep the chain they were accepted with while an update
+// keeps that chain unchanged (proto-equal); when an update removes or
+// changes it (a new RBAC policy, say), or the listener drains, they are
+// closed after Config.DrainTimeout, as Envoy drains the connections of
+// removed filter chains.
+//
+// Network RBAC (envoy.extensions.filters.network.rbac.v3.RBAC):
+// stat_prefix (required), rules (ALLOW/DENY, as the HTTP filter's,
+// compiled by the same code) limited to what a connection has:
+// permissions any, and/or/not, destination_ip, destination_port,
+// destination_port_range; principals any, and/or/not, direct_remote_ip,
+// remote_ip, source_ip, authenticated with or without principal_name.
+// header and url_path, which need a request, are refused, and so are
+// shadow_rules, matcher, delay_deny and enforcement_type CONTINUOUS
+// (ONE_TIME_ON_FIRST_BYTE, the default, is accepted). Rules unset allow
+// every connection. The connection is checked once, after the TLS
+// handshake (the peer's identity is known) and before tcp_proxy connects
+// upstream — stricter than Envoy, which connects upstream at accept and
+// checks at the first byte: a denied connection never reaches the
+// upstream, even with a server-first protocol. A denied connection is
+// closed, logged at debug with the peer and
+// rbac_access_denied_matched_policy[NAME or none], and counted with the
+// allowed ones in nodemesh_proxy_network_rbac_total{listener,stat_prefix,
+// stat} (Envoy's <stat_prefix>.rbac.allowed and .denied).
+//
 // # Access logs
 //
 // The http_grpc logger fills Envoy's HTTPAccessLogEntry as Envoy does for
@@ -174,10 +228,11 @@
 //
 // xdsclient.go (ADS stream, ACK/NACK, reconnect with backoff) → proxy.go,
 // secret.go (apply per type, keep last good, warming) → listener.go,
-// hcm.go, rbac.go, route.go, cluster.go, tls.go (compile protos into
-// immutable values) → runtime.go (socket, accept, listener filters:
-// inspector.go; filter chain choice; TLS handshake: tlsserver.go; upstream
-// bind; one HTTP server per connection profile) → handler.go (per
+// hcm.go, rbac.go, route.go, cluster.go, tls.go, tcpproxy.go (compile
+// protos into immutable values) → runtime.go (socket, accept, listener
+// filters: inspector.go; filter chain choice; TLS handshake: tlsserver.go;
+// upstream bind; one HTTP server per connection profile, or tcpproxy.go
+// for L4 chains) → handler.go (per
 // request: RBAC, route, forward, timeouts; upstream TLS: tlsclient.go) →
 // accesslog.go, grpclog.go (stdout line, gRPC access log stream) →
 // admin.go, redact.go (/config_dump, /ready, /stats). interfaces.go and

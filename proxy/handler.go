@@ -54,7 +54,7 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ci := r.Context().Value(connKey{}).(*connInfo)
 	lc := lr.cfg.Load()
 	fc := ci.chain(lc)
-	if fc == nil {
+	if fc == nil || fc.hcm == nil {
 		// The connection matched a chain of an earlier config and no
 		// chain of this one: fail closed, reset.
 		p.metrics.noFilterChain.WithLabelValues(lr.name).Inc()

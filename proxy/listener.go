@@ -13,6 +13,8 @@ import (
 	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,11 +72,15 @@ type socketKey struct {
 }
 
 type filterChain struct {
-	name   string
-	match  chainMatch
-	hcm    *hcmConfig
-	tlsCtx *tlsContext    // transport_socket envoy.transport_sockets.tls, nil: plaintext
-	tls    *downstreamTLS // tlsCtx bound to the proxy when the listener is installed
+	name  string
+	match chainMatch
+	hcm   *hcmConfig // the HTTP connection manager, nil on an L4 chain
+	// An L4 chain (hcm nil): the optional network RBAC, then tcp_proxy.
+	netRBAC *netRBACConfig
+	tcp     *tcpProxyConfig
+	tlsCtx  *tlsContext    // transport_socket envoy.transport_sockets.tls, nil: plaintext
+	tls     *downstreamTLS // tlsCtx bound to the proxy when the listener is installed
+	raw     *listener.FilterChain
 }
 
 // chainMatch is a compiled FilterChainMatch (the criteria the proxy
@@ -219,7 +225,7 @@ func compileListener(l *listener.Listener) (*listenerConfig, error) {
 	}
 	lc.secretRefs = map[string]secretKind{}
 	for _, c := range lc.allChains() {
-		if c.hcm.rdsName != "" && !slices.Contains(lc.rdsNames, c.hcm.rdsName) {
+		if c.hcm != nil && c.hcm.rdsName != "" && !slices.Contains(lc.rdsNames, c.hcm.rdsName) {
 			lc.rdsNames = append(lc.rdsNames, c.hcm.rdsName)
 		}
 		if c.tlsCtx != nil {
@@ -261,7 +267,7 @@ func compileFilterChain(path string, fc *listener.FilterChain) (*filterChain, er
 	if err := onlyFields(path, fc, "name", "filter_chain_match", "filters", "transport_socket"); err != nil {
 		return nil, err
 	}
-	c := &filterChain{name: fc.GetName()}
+	c := &filterChain{name: fc.GetName(), raw: fc}
 	if ts := fc.GetTransportSocket(); ts != nil {
 		tc, err := compileDownstreamTLS(path+".transport_socket", ts)
 		if err != nil {
@@ -312,27 +318,64 @@ func compileFilterChain(path string, fc *listener.FilterChain) (*filterChain, er
 		}
 		c.match.sports = m.GetSourcePorts()
 	}
-	if len(fc.GetFilters()) != 1 {
-		return nil, fmt.Errorf("%s.filters: exactly one network filter (%s) is supported, got %d", path, filterHCM, len(fc.GetFilters()))
+	return c, c.compileFilters(path, fc.GetFilters())
+}
+
+// compileFilters accepts the network filter lists the proxy implements:
+// [http_connection_manager], or [rbac (optional), tcp_proxy].
+func (c *filterChain) compileFilters(path string, fs []*listener.Filter) error {
+	const supported = "[" + filterHCM + "] or [" + filterNetRBAC + " (optional), " + filterTCPProxy + "]"
+	if len(fs) == 0 {
+		return fmt.Errorf("%s.filters: no network filter (%s)", path, supported)
 	}
-	f := fc.GetFilters()[0]
-	fp := path + ".filters[0]"
-	if err := onlyFields(fp, f, "name", "typed_config"); err != nil {
-		return nil, err
-	}
-	var h hcm.HttpConnectionManager
-	if err := unpackAny(fp+".typed_config", f.GetTypedConfig(), &h); err != nil {
-		if f.GetName() != filterHCM {
-			return nil, fmt.Errorf("%s: network filter %q is not supported by nodemesh-proxy (%s)", fp, f.GetName(), filterHCM)
+	for i, f := range fs {
+		fp := join(path, at("filters", i))
+		if err := onlyFields(fp, f, "name", "typed_config"); err != nil {
+			return err
 		}
-		return nil, err
+		last := i == len(fs)-1
+		var h hcm.HttpConnectionManager
+		var t tcpproxy.TcpProxy
+		var r netrbac.RBAC
+		switch {
+		case unpackAny(fp+".typed_config", f.GetTypedConfig(), &h) == nil:
+			if len(fs) != 1 {
+				return fmt.Errorf("%s: %s must be the chain's only network filter", fp, filterHCM)
+			}
+			hc, err := compileHCM(fp+".typed_config", &h)
+			if err != nil {
+				return err
+			}
+			c.hcm = hc
+		case unpackAny(fp+".typed_config", f.GetTypedConfig(), &t) == nil:
+			if !last {
+				return fmt.Errorf("%s: %s is a terminal filter: it must be the last one", fp, filterTCPProxy)
+			}
+			tc, err := compileTCPProxy(fp+".typed_config", &t)
+			if err != nil {
+				return err
+			}
+			c.tcp = tc
+		case unpackAny(fp+".typed_config", f.GetTypedConfig(), &r) == nil:
+			if i != 0 || len(fs) != 2 || c.netRBAC != nil {
+				return fmt.Errorf("%s: %s is supported only as the first filter before %s", fp, filterNetRBAC, filterTCPProxy)
+			}
+			rc, err := compileNetRBAC(fp+".typed_config", &r)
+			if err != nil {
+				return err
+			}
+			c.netRBAC = rc
+		default:
+			if f.GetTypedConfig() == nil {
+				return fmt.Errorf("%s.typed_config: is required", fp)
+			}
+			return fmt.Errorf("%s: network filter %q (%s) is not supported by nodemesh-proxy (%s)", fp, f.GetName(), f.GetTypedConfig().GetTypeUrl(), supported)
+		}
 	}
-	hc, err := compileHCM(fp+".typed_config", &h)
-	if err != nil {
-		return nil, err
+	if c.hcm == nil && c.tcp == nil {
+		return fmt.Errorf("%s.filters: the last network filter must be %s or %s", path, filterHCM, filterTCPProxy)
 	}
-	c.hcm = hc
-	return c, nil
+	return nil
 }
 
 func compileCIDRs(path string, cs []*core.CidrRange) ([]netip.Prefix, error) {

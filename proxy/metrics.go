@@ -23,6 +23,9 @@ type metrics struct {
 	sslReasons             *prometheus.CounterVec
 	tlsInspector           *prometheus.CounterVec
 	listenerFilterTimeouts *prometheus.CounterVec
+	// L4 chains: Envoy's <stat_prefix>.rbac.* and tcp.<stat_prefix>.*.
+	netRBAC  *prometheus.CounterVec
+	tcpProxy *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -37,7 +40,7 @@ func newMetrics() *metrics {
 		downstreamCx: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_downstream_connections_total",
 			Help: "Accepted downstream connections, by listener."}, []string{"listener"}),
 		downstreamCxActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nodemesh_proxy_downstream_connections_active",
-			Help: "Open downstream HTTP connections, by listener."}, []string{"listener"}),
+			Help: "Open downstream connections (HTTP and tcp_proxy), by listener."}, []string{"listener"}),
 		noFilterChain: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_no_filter_chain_total",
 			Help: "Connections (or requests after a config change) that matched no filter chain and were reset, by listener."}, []string{"listener"}),
 		xdsUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_xds_updates_total",
@@ -61,6 +64,14 @@ func newMetrics() *metrics {
 		Help: "Connections the tls_inspector listener filter saw, by listener: tls_found, tls_not_found."}, []string{"listener", "stat"})
 	m.listenerFilterTimeouts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_downstream_pre_cx_timeout_total",
 		Help: "Connections closed because the listener filters timed out waiting for data, by listener."}, []string{"listener"})
+	m.netRBAC = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_network_rbac_total",
+		Help: "Connections the network RBAC filters allowed or denied (Envoy's <stat_prefix>.rbac.allowed/denied), by listener and stat_prefix."},
+		[]string{"listener", "stat_prefix", "stat"})
+	m.tcpProxy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_proxy_tcp_total",
+		Help: "tcp_proxy statistics (Envoy's tcp.<stat_prefix>.*: downstream_cx_total, downstream_cx_no_route, idle_timeout, " +
+			"downstream_cx_rx_bytes_total, downstream_cx_tx_bytes_total), by listener and stat_prefix."},
+		[]string{"listener", "stat_prefix", "stat"})
+	m.reg.MustRegister(m.netRBAC, m.tcpProxy)
 	m.reg.MustRegister(m.requests, m.rbac, m.connectFailures, m.downstreamCx, m.downstreamCxActive, m.noFilterChain,
 		m.xdsUpdates, m.xdsConnected, m.configVersion, m.accessLogEntries, m.accessLogUp,
 		m.ssl, m.sslReasons, m.tlsInspector, m.listenerFilterTimeouts)

@@ -273,7 +273,7 @@ func (p *Proxy) bindTLSLocked(lc *listenerConfig) {
 func (p *Proxy) resolveLogsLocked(lc *listenerConfig) error {
 	var logs []*grpcLogConfig
 	for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
-		if c != nil {
+		if c != nil && c.hcm != nil {
 			logs = append(logs, c.hcm.grpcLogs...)
 		}
 	}
@@ -312,7 +312,7 @@ func (p *Proxy) pruneLogsLocked(wait bool) {
 				continue
 			}
 			for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
-				if c != nil {
+				if c != nil && c.hcm != nil {
 					for _, g := range c.hcm.grpcLogs {
 						used[g.key] = true
 					}

@@ -63,10 +63,17 @@ func compileRBAC(path, name string, a *anypb.Any) (*rbacFilter, error) {
 	if cfg.Rules == nil {
 		return f, nil
 	}
-	rules := cfg.GetRules()
-	rp := path + ".rules"
-	if err := onlyFields(rp, rules, "action", "policies"); err != nil {
+	if err := f.compileRules(path+".rules", cfg.GetRules()); err != nil {
 		return nil, err
+	}
+	return f, nil
+}
+
+// compileRules compiles an RBAC's rules (action and policies) into f;
+// the HTTP and the network RBAC filters share it.
+func (f *rbacFilter) compileRules(rp string, rules *rbac.RBAC) error {
+	if err := onlyFields(rp, rules, "action", "policies"); err != nil {
+		return err
 	}
 	f.enabled = true
 	switch rules.GetAction() {
@@ -74,7 +81,7 @@ func compileRBAC(path, name string, a *anypb.Any) (*rbacFilter, error) {
 	case rbac.RBAC_DENY:
 		f.deny = true
 	default:
-		return nil, fmt.Errorf("%s.action: %s is not supported (ALLOW or DENY)", rp, rules.GetAction())
+		return fmt.Errorf("%s.action: %s is not supported (ALLOW or DENY)", rp, rules.GetAction())
 	}
 	names := make([]string, 0, len(rules.GetPolicies()))
 	for n := range rules.GetPolicies() {
@@ -85,29 +92,29 @@ func compileRBAC(path, name string, a *anypb.Any) (*rbacFilter, error) {
 		pol := rules.GetPolicies()[n]
 		pp := fmt.Sprintf("%s.policies[%q]", rp, n)
 		if err := onlyFields(pp, pol, "permissions", "principals"); err != nil {
-			return nil, err
+			return err
 		}
 		if len(pol.GetPermissions()) == 0 || len(pol.GetPrincipals()) == 0 {
-			return nil, fmt.Errorf("%s: permissions and principals must not be empty", pp)
+			return fmt.Errorf("%s: permissions and principals must not be empty", pp)
 		}
 		p := rbacPolicy{name: n}
 		for i, perm := range pol.GetPermissions() {
 			m, err := compilePermission(join(pp, at("permissions", i)), perm)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			p.permissions = append(p.permissions, m)
 		}
 		for i, prin := range pol.GetPrincipals() {
 			m, err := compilePrincipal(join(pp, at("principals", i)), prin)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			p.principals = append(p.principals, m)
 		}
 		f.policies = append(f.policies, p)
 	}
-	return f, nil
+	return nil
 }
 
 // evaluate returns whether the request may pass and the name of the

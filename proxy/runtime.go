@@ -40,6 +40,7 @@ type listenerRuntime struct {
 	servers  map[serverProfile]*profileServer
 	started  bool
 	draining bool
+	tcpConns map[*tcpConn]struct{} // tcp_proxy connections
 
 	acceptWG sync.WaitGroup
 }
@@ -178,7 +179,7 @@ func (lr *listenerRuntime) activateLocked(lc *listenerConfig) {
 	// in-flight requests finish, idle keep-alive connections close.
 	used := map[serverProfile]bool{}
 	for _, c := range append(lc.chains, lc.defaultChain) {
-		if c != nil {
+		if c != nil && c.hcm != nil {
 			used[c.hcm.profile] = true
 		}
 	}
@@ -188,6 +189,7 @@ func (lr *listenerRuntime) activateLocked(lc *listenerConfig) {
 			go lr.p.drainServer(s)
 		}
 	}
+	lr.drainChangedTCPLocked(lc)
 	if !lr.started {
 		lr.started = true
 		for _, ln := range lr.socks {
@@ -215,6 +217,7 @@ func (lr *listenerRuntime) drain() {
 	for _, s := range servers {
 		go lr.p.drainServer(s)
 	}
+	lr.drainTCP()
 }
 
 func (p *Proxy) drainServer(s *profileServer) {
@@ -298,7 +301,7 @@ func (lr *listenerRuntime) dispatchTLS(c net.Conn, ci *connInfo, lc *listenerCon
 		return
 	}
 	if fc.tls != nil {
-		tc, err := fc.tls.handshake(conn, fc.hcm.profile.idleTimeout)
+		tc, err := fc.tls.handshake(conn, fc.handshakeTimeout())
 		if err != nil {
 			var he *handshakeError
 			reason := reasonHandshakeErr
@@ -335,8 +338,22 @@ func boolF(b bool) float64 {
 	return 0
 }
 
-// handOff gives a connection to the HTTP server of its chain's profile.
+// handshakeTimeout bounds a downstream TLS handshake: the connection's
+// idle timeout.
+func (fc *filterChain) handshakeTimeout() time.Duration {
+	if fc.hcm == nil {
+		return fc.tcp.idleTimeout
+	}
+	return fc.hcm.profile.idleTimeout
+}
+
+// handOff gives a connection to the HTTP server of its chain's profile,
+// or to tcp_proxy on an L4 chain.
 func (lr *listenerRuntime) handOff(dc *downConn, fc *filterChain) {
+	if fc.hcm == nil {
+		go lr.serveTCP(dc, fc)
+		return
+	}
 	for {
 		s := lr.server(fc.hcm.profile)
 		if s == nil { // draining

@@ -100,10 +100,10 @@ func (t *upstreamTLS) current() (*clientTLS, error) {
 // handshake runs the client side over an established connection to
 // addr, within ctx, and counts it. Without alpn_protocols the client
 // offers the protocol the pool speaks (Envoy's ALPN fallback: "h2" or
-// "http/1.1").
+// "http/1.1"; tcp_proxy offers none, as Envoy's).
 func (c *clientTLS) handshake(ctx context.Context, t *upstreamTLS, raw net.Conn, addr, fallbackALPN string) (*tls.Conn, error) {
 	cfg := c.cfg.Clone()
-	if len(cfg.NextProtos) == 0 {
+	if len(cfg.NextProtos) == 0 && fallbackALPN != "" {
 		cfg.NextProtos = []string{fallbackALPN}
 	}
 	cfg.ClientSessionCache = &keyedSessions{c: c.sessions, key: addr + "|" + cfg.ServerName}

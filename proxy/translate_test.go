@@ -143,10 +143,15 @@ func TestTranslateListener(t *testing.T) {
 				l.FilterChains[0].TransportSocket = &core.TransportSocket{Name: "envoy.transport_sockets.tls",
 					ConfigType: &core.TransportSocket_TypedConfig{TypedConfig: pt.Any(&tls.DownstreamTlsContext{})}}
 			})},
-		{name: "tcp_proxy network filter", wantErr: `network filter "envoy.filters.network.tcp_proxy" is not supported`,
+		{name: "tcp_proxy without a cluster", wantErr: `filters[0].typed_config.cluster: is required`,
 			l: testListener(func(l *listener.Listener) {
 				l.FilterChains[0].Filters[0] = &listener.Filter{Name: "envoy.filters.network.tcp_proxy",
 					ConfigType: &listener.Filter_TypedConfig{TypedConfig: pt.Any(&tcpproxy.TcpProxy{StatPrefix: "x"})}}
+			})},
+		{name: "unknown network filter", wantErr: `network filter "envoy.filters.network.echo" (type.googleapis.com/google.protobuf.Duration) is not supported`,
+			l: testListener(func(l *listener.Listener) {
+				l.FilterChains[0].Filters[0] = &listener.Filter{Name: "envoy.filters.network.echo",
+					ConfigType: &listener.Filter_TypedConfig{TypedConfig: pt.Any(durationpb.New(time.Second))}}
 			})},
 		{name: "tls inspector without typed_config", wantErr: `listener_filters[0].typed_config: typed_config is required`,
 			l: testListener(func(l *listener.Listener) {

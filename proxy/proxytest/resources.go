@@ -16,6 +16,8 @@ import (
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origsrc "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	matcher "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -204,4 +206,39 @@ func OriginalDstCluster(name string, mark int64, tweaks ...func(*cluster.Cluster
 // local address is its own).
 func UseOriginalDstHeader(c *cluster.Cluster) {
 	c.LbConfig = &cluster.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &cluster.Cluster_OriginalDstLbConfig{UseHttpHeader: true}}
+}
+
+// TCPProxyFilter builds an envoy.filters.network.tcp_proxy to cluster.
+func TCPProxyFilter(statPrefix, clusterName string, tweaks ...func(*tcpproxy.TcpProxy)) *listener.Filter {
+	t := &tcpproxy.TcpProxy{StatPrefix: statPrefix, ClusterSpecifier: &tcpproxy.TcpProxy_Cluster{Cluster: clusterName}}
+	for _, tw := range tweaks {
+		tw(t)
+	}
+	return &listener.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listener.Filter_TypedConfig{TypedConfig: Any(t)}}
+}
+
+// NetworkRBACFilter builds an envoy.filters.network.rbac.
+func NetworkRBACFilter(statPrefix string, action rbac.RBAC_Action, policies map[string]*rbac.Policy) *listener.Filter {
+	return &listener.Filter{Name: "envoy.filters.network.rbac", ConfigType: &listener.Filter_TypedConfig{TypedConfig: Any(
+		&netrbac.RBAC{StatPrefix: statPrefix, Rules: &rbac.RBAC{Action: action, Policies: policies}})}}
+}
+
+// TCPListener is a listener on ip:port with one filter chain running the
+// network filters (e.g. NetworkRBACFilter then TCPProxyFilter).
+func TCPListener(name, ip string, port uint32, filters []*listener.Filter, tweaks ...func(*listener.Listener)) *listener.Listener {
+	l := &listener.Listener{
+		Name:         name,
+		Address:      SocketAddress(ip, port),
+		FilterChains: []*listener.FilterChain{{Name: name + "-tcp", Filters: filters}},
+	}
+	for _, t := range tweaks {
+		t(l)
+	}
+	return l
+}
+
+// PortPolicy allows connections to destination port from any peer.
+func PortPolicy(port uint32) *rbac.Policy {
+	return &rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_DestinationPort{DestinationPort: port}}},
+		Principals: []*rbac.Principal{{Identifier: &rbac.Principal_Any{Any: true}}}}
 }
