@@ -570,7 +570,8 @@ const proxyWait = 2 * time.Second
 
 // proxyAcked reports whether the node proxy has ACKed configuration version
 // v, waiting up to proxyWait for a connected proxy. a.mu is held: the xDS
-// server never calls into the agent, so the wait cannot deadlock.
+// server's ACK handling never takes it (only the access-log stream does, on
+// its own goroutine, via recordEvent), so the wait cannot deadlock.
 func (a *Agent) proxyAcked(v string) bool {
 	st := a.xds.Status(a.cfg.NodeName)
 	if st.Version == v && st.Acked {
