@@ -43,12 +43,36 @@
 //	peers.go       table keys → the address sets that resolve to them
 //	rbac.go        HTTP rules and address sets → RBAC permissions and principals
 //	build.go       Build: listeners, routes, clusters; Resources → snapshot
+//	mtls.go        mTLS builders: SDS secrets, inbound mTLS/plaintext chains, outbound mTLS cluster, tls_inspector
 //	validate.go    Validate: ValidateAll, into Any fields too
 //	server.go      Server: SetNode, Serve (ADS and access logs over a unix socket), OnL7Event
 //	status.go      ACK/NACK tracking from the server callbacks, Status, WaitAcked
 //	accesslog.go   AccessLogServer: the proxies' HTTP access log entries → L7Event
 //	configdump.go  ConfigDump in Envoy's admin config_dump format
 //	bootstrap.go   Bootstrap for an Envoy that takes ADS from the agent and logs to it
+//
+// # mTLS between node proxies (not wired in yet)
+//
+// mtls.go builds, as pure functions, the resources of the design in
+// docs/ARCHITECTURE.md; Build does not call them yet. SecretsFrom turns a
+// certs.Snapshot into SDS secrets: a tls_certificate per SVID named by its
+// SPIFFE ID (SVIDSecretName), and TrustBundleSecretName
+// ("nodemesh-trust-bundle"), a validation context with the SPIFFE
+// validator and every trust domain's roots (absent without a bundle, so
+// users warm instead of accepting unverifiable peers). The destination
+// proxy gets TLSInspectorFilter and, per local pod and port (InboundChain),
+// InboundMTLSFilterChain — matched on the pod's addresses, the port,
+// transport_protocol "tls" and ALPN MTLSALPN ("nodemesh-mtls"); TLS 1.3,
+// the pod's SVID, client certificate required, URI SAN prefix
+// spiffe://<td>/ against the bundle; then the caller's HCM, or network
+// RBAC on exact peer SPIFFE IDs (when AllowedPeers is not nil) and
+// tcp_proxy to InboundClusterName — named "inbound-mtls|ns/pod|port", and
+// in permissive mode InboundPlaintextFilterChain ("inbound-plaintext|...",
+// raw_buffer, no identity check). The source proxy gets
+// OutboundMTLSCluster per local workload ("nodemesh-outbound-mtls|<SPIFFE
+// ID>"): the outbound ORIGINAL_DST cluster with an UpstreamTlsContext of
+// the same shape. Tests hold every message valid (Validate) and accepted
+// by nodemesh-proxy over ADS, with a real handshake on the inbound chain.
 //
 // # Ordering with the datapath
 //
