@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,16 +14,9 @@ import (
 )
 
 // l7Direct is the seed policy without its L7 rule: frontend → backend:80 at
-// L3/L4 only, the baseline of the redirect's cost.
-const l7Direct = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: frontend-backend-policy, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`
+// L3/L4 only (the first document of SeedL7Egress), the baseline of the
+// redirect's cost.
+var l7Direct = strings.SplitN(e2e.SeedL7Egress, "\n---\n", 2)[0] + "\n"
 
 // BenchmarkL7Redirect measures what the redirect through the node proxy
 // costs: HTTP/1.1 keep-alive GET /userdata/42 with 1 KB answers from the
