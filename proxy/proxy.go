@@ -187,6 +187,28 @@ const (
 	// typeSecret: secret.go.
 )
 
+// markFailed records a refused update of resource name in states, keeping
+// the state of its last good version.
+func markFailed(states map[string]*resourceState, name, version string, raw proto.Message, err error) {
+	st := states[name]
+	if st == nil {
+		st = &resourceState{}
+		states[name] = st
+	}
+	st.failed = failure(version, raw, err)
+}
+
+// promoteListenersLocked lets every listener waiting for route
+// configurations or secrets take the ones now current.
+func (p *Proxy) promoteListenersLocked() {
+	routes, secrets := *p.routes.Load(), *p.secrets.Load()
+	for _, st := range p.listeners {
+		if st.rt != nil {
+			st.rt.promote(routes, secrets)
+		}
+	}
+}
+
 func failure(version string, raw proto.Message, err error) *admin.UpdateFailureState {
 	f := &admin.UpdateFailureState{Details: err.Error(), VersionInfo: version, LastUpdateAttempt: timestamppb.Now()}
 	if a, aerr := anypb.New(raw); aerr == nil && dumpable(a) {
@@ -411,23 +433,14 @@ func (p *Proxy) applyRoutes(version string, rcs []*route.RouteConfiguration) err
 		}
 		if err != nil {
 			errs = append(errs, err)
-			if st == nil {
-				st = &resourceState{}
-				p.routeStates[name] = st
-			}
-			st.failed = failure(version, rc, err)
+			markFailed(p.routeStates, name, version, rc, err)
 			continue
 		}
 		next[name] = t
 		p.routeStates[name] = &resourceState{version: version, raw: rc, updated: time.Now()}
 	}
 	p.routes.Store(&next)
-	secrets := *p.secrets.Load()
-	for _, st := range p.listeners {
-		if st.rt != nil {
-			st.rt.promote(next, secrets)
-		}
-	}
+	p.promoteListenersLocked()
 	p.updateReadyLocked()
 	return errors.Join(errs...)
 }

@@ -227,23 +227,14 @@ func (p *Proxy) applySecrets(version string, ss []*tlsv3.Secret) error {
 		}
 		if err != nil {
 			errs = append(errs, err)
-			if st == nil {
-				st = &resourceState{}
-				p.secretStates[name] = st
-			}
-			st.failed = failure(version, s, err)
+			markFailed(p.secretStates, name, version, s, err)
 			continue
 		}
 		next[name] = sec
 		p.secretStates[name] = &resourceState{version: version, raw: s, updated: time.Now()}
 	}
 	p.secrets.Store(&next)
-	routes := *p.routes.Load()
-	for _, st := range p.listeners {
-		if st.rt != nil {
-			st.rt.promote(routes, next)
-		}
-	}
+	p.promoteListenersLocked()
 	p.promoteClustersLocked()
 	p.updateReadyLocked()
 	return errors.Join(errs...)
