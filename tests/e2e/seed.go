@@ -7,6 +7,16 @@ import (
 	"time"
 )
 
+// backendNoEgress is what seed 004's prose says and its YAML lacks: the
+// backend starts no connections.
+const backendNoEgress = `apiVersion: nodemesh.io/v1
+kind: MeshNetworkPolicy
+metadata: {name: backend-no-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress: [{}]
+`
+
 // SeedPolicies are the seed texts' policies at L3/L4, as the demo and the
 // end-to-end tests apply them: seed 004 (backend accepts frontend on TCP 80;
 // 9000 too, for load tests), the egress rule seed 004's prose asks for but
@@ -21,13 +31,7 @@ spec:
   - fromEndpoints: [{matchLabels: {app: frontend}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "9000", protocol: TCP}]}]
 ---
-apiVersion: nodemesh.io/v1
-kind: MeshNetworkPolicy
-metadata: {name: backend-no-egress, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  egress: [{}]
----
+` + backendNoEgress + `---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: zero-trust, namespace: default}
@@ -52,14 +56,9 @@ spec:
       rules:
         http: [{method: GET, path: "/userdata/[0-9]+"}]
 ---
-apiVersion: nodemesh.io/v1
-kind: MeshNetworkPolicy
-metadata: {name: backend-no-egress, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  egress: [{}]
-`
+` + backendNoEgress
 
+// SeedL7Egress: see SeedL7Ingress.
 const SeedL7Egress = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: frontend-backend-policy, namespace: default}
@@ -81,13 +80,7 @@ spec:
       rules:
         http: [{method: GET, path: "/userdata/[0-9]+"}]
 ---
-apiVersion: nodemesh.io/v1
-kind: MeshNetworkPolicy
-metadata: {name: backend-no-egress, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: backend}}
-  egress: [{}]
-`
+` + backendNoEgress
 
 // L7Request is one request of the seed scenario and what must come of it.
 type L7Request struct {
