@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,14 +44,7 @@ func TestTransparentMTLS(t *testing.T) {
 		transparentMTLSChild(t)
 		return
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace, local routes, policy routing and TPROXY rules (CI runs as root)")
-	}
-	for _, tool := range []string{"ip", "iptables", "sysctl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is missing (scripts/deps.sh installs iproute2, iptables and procps): %v", tool, err)
-		}
-	}
+	pt.RequireNetnsRoot(t, "creates a network namespace, local routes, policy routing and TPROXY rules", "ip", "iptables", "sysctl")
 	tproxy := func(match []string, port string) []string {
 		args := []string{"iptables", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--syn", "-d", "10.99.0.0/24"}
 		args = append(args, match...)

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -42,14 +40,7 @@ func TestTransparentOriginalSrc(t *testing.T) {
 		originalSrcChild(t)
 		return
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace, local routes, policy routing and TPROXY rules (CI runs as root)")
-	}
-	for _, tool := range []string{"ip", "iptables", "ip6tables", "sysctl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is missing (scripts/deps.sh installs iproute2, iptables and procps): %v", tool, err)
-		}
-	}
+	pt.RequireNetnsRoot(t, "creates a network namespace, local routes, policy routing and TPROXY rules", "ip", "iptables", "ip6tables", "sysctl")
 	tproxy := func(cmd, dst, onIP string) []string {
 		return []string{cmd, "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--syn", "-d", dst,
 			"-m", "mark", "!", "--mark", "0xa00/0xf00", "-j", "TPROXY", "--on-ip", onIP, "--on-port", "15006", "--tproxy-mark", "0x200/0xf00"}

@@ -36,14 +36,7 @@ func TestTransparentOriginalDst(t *testing.T) {
 		transparentChild(t)
 		return
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace, a local route and a TPROXY rule (CI runs as root)")
-	}
-	for _, tool := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is missing (scripts/deps.sh installs iproute2 and iptables): %v", tool, err)
-		}
-	}
+	pt.RequireNetnsRoot(t, "creates a network namespace, a local route and a TPROXY rule", "ip", "iptables")
 	// Only SYNs need steering: later packets find the accepted socket in
 	// the established table. (Steering every packet would also catch the
 	// listener's SYN-ACK, which loops back through lo here, unlike on a

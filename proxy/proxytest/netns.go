@@ -54,3 +54,18 @@ func RunInNetns(t *testing.T, run string, setup ...[]string) {
 		t.Fatalf("the scenario in the namespace failed: %v", err)
 	}
 }
+
+// RequireNetnsRoot skips the test unless it runs as root (what the test
+// does without it: why), and fails it when a command its namespace setup
+// runs is missing (scripts/deps.sh installs them).
+func RequireNetnsRoot(t *testing.T, why string, tools ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: " + why + " (CI runs as root)")
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is missing (scripts/deps.sh installs iproute2, iptables and procps): %v", tool, err)
+		}
+	}
+}
