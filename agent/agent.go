@@ -13,6 +13,7 @@ import (
 
 	"github.com/nodemesh/nodemesh/api"
 	"github.com/nodemesh/nodemesh/bpf"
+	"github.com/nodemesh/nodemesh/certs"
 	"github.com/nodemesh/nodemesh/identity"
 	"github.com/nodemesh/nodemesh/policy"
 	"github.com/nodemesh/nodemesh/xds"
@@ -29,6 +30,12 @@ type Agent struct {
 	events  *eventRing
 	metrics *metrics
 	xds     *xds.Server
+	// idSource serves the node's workload SVIDs and the trust bundle to
+	// the proxy (SDS): the built-in CA's manager (idManager, which also
+	// has per-identity status) or SPIRE's Workload API. Both nil while
+	// mTLS is disabled.
+	idSource  certs.Source
+	idManager *certs.Manager
 
 	mu       sync.Mutex // guards everything below
 	engine   *policy.Engine

@@ -44,6 +44,7 @@ import (
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -108,6 +109,9 @@ type Resources struct {
 	Listeners []*listenerv3.Listener
 	Routes    []*routev3.RouteConfiguration
 	Clusters  []*clusterv3.Cluster
+	// Secrets are the SDS secrets the node's listeners and clusters name:
+	// its workloads' SVIDs (with private keys) and the trust bundle.
+	Secrets []*tlsv3.Secret
 	// typeVersions are per type URL hashes of that type's resources: a
 	// type whose resources did not change keeps its version, so the
 	// proxy is not sent it again.
@@ -135,6 +139,10 @@ func (r *Resources) ByType(typeURL resource.Type) []types.Resource {
 		}
 	case resource.ClusterType:
 		for _, x := range r.Clusters {
+			out = append(out, x)
+		}
+	case resource.SecretType:
+		for _, x := range r.Secrets {
 			out = append(out, x)
 		}
 	}
