@@ -891,15 +891,17 @@ static __always_inline int proxy_mark(struct __sk_buff *skb)
 /* mTLS: a connection between a local pod and a mesh pod on another node,
  * allowed at L3/L4, goes through the node proxy when the pod's mode (or an
  * auth-required rule) says so: egress to the outbound listener, which
- * originates TLS with the pod's SVID; ingress to the inbound listener, which
- * terminates it. No port yet (the proxy has not ACKed its secrets): the
- * redirect fails closed, never falls back to plaintext. */
-static __always_inline void mtls_steer(struct endpoint_info *ep, __u8 dir, struct verdict *v)
+ * originates TLS with the pod's SVID, when the peer's node accepts mTLS for
+ * it; ingress to the inbound listener, which terminates it (or, permissive,
+ * passes a plaintext client on). No port yet (the proxy has not ACKed its
+ * secrets): the redirect fails closed, never falls back to plaintext. */
+static __always_inline void mtls_steer(struct endpoint_info *ep, __u8 dir, __u8 ipc_flags, struct verdict *v)
 {
 	__u32 zero = 0, want = dir == NM_DIR_EGRESS ? NM_EP_MTLS_ORIGINATE : NM_EP_MTLS_ACCEPT;
 	struct nm_config *c;
+	int mode = (ep->flags & want) && (dir == NM_DIR_INGRESS || (ipc_flags & NM_IPC_MTLS_PEER));
 
-	if (!(ep->flags & want) && !(v->flags & NM_EVENT_AUTH_REQUIRED))
+	if (!mode && !(v->flags & NM_EVENT_AUTH_REQUIRED))
 		return;
 	c = bpf_map_lookup_elem(&config, &zero);
 	v->redirect = 1;
@@ -1085,7 +1087,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 	}
 	if (!v.drop && !v.redirect && p.tuple.proto == IPPROTO_TCP && (ipc_flags & NM_IPC_REMOTE_POD) && !proxy_mark(skb))
-		mtls_steer(ep, dir, &v);
+		mtls_steer(ep, dir, ipc_flags, &v);
 	if (v.redirect) {
 		v.reason = NM_REASON_TO_PROXY;
 		v.to_proxy = 1;

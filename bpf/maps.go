@@ -174,6 +174,9 @@ func (d *Datapath) SyncIPCache(entries []policy.IPCacheEntry) error {
 		if e.RemotePod {
 			v.Flags |= ipcRemotePod
 		}
+		if e.MTLSPeer {
+			v.Flags |= ipcMTLSPeer
+		}
 		if err := d.objs.Ipcache.Put(&k, &v); err != nil {
 			return fmt.Errorf("sync ipcache: set %s: %w", e.Prefix, err)
 		}

@@ -6,7 +6,9 @@ import "testing"
 // with a mesh pod on another node is steered to the node proxy — here,
 // where no proxy listens, it is dropped as proxy-unavailable with the event
 // marked mTLS, with and without proxy ports (never passed in plaintext);
-// UDP, same-node pods and pods without the flags are decided as before.
+// UDP, same-node pods and pods without the flags are decided as before,
+// and so is egress to a remote pod whose node does not accept mTLS (no
+// MTLSPeer flag in the ipcache: its mode is disabled).
 func TestMTLSSteering(t *testing.T) {
 	s := newScenario(t)
 	other, server := s.ids["default/other"], s.ids["default/server"]
@@ -32,6 +34,14 @@ func TestMTLSSteering(t *testing.T) {
 	set("other", other, EndpointMTLSOriginate)
 	expectMTLS("remote -> server, accept", ingress, s.tcp("remote", "server", 4001, 80, tcpSYN))
 	s.expect("remote -> server UDP", ingress, s.udp("remote", "server", 4002, 53), true, ReasonAllowed)
+	s.expect("other -> remote, originate, peer does not accept", egress, s.tcp("other", "remote", 4010, 80, tcpSYN), true, ReasonNoPolicy)
+	cache := s.eng.IPCache("node-1")
+	for i := range cache {
+		cache[i].MTLSPeer = cache[i].RemotePod
+	}
+	if err := s.d.SyncIPCache(cache); err != nil {
+		t.Fatal(err)
+	}
 	expectMTLS("other -> remote, originate", egress, s.tcp("other", "remote", 4003, 80, tcpSYN))
 	s.expect("other -> server, same node", egress, s.tcp("other", "server", 4004, 80, tcpSYN), true, ReasonNoPolicy)
 

@@ -18,6 +18,7 @@ const (
 	entryAuthRequired = 0x01
 
 	ipcRemotePod = 0x01 // ipcache_value.flags: a mesh pod on another node
+	ipcMTLSPeer  = 0x02 // ... whose node proxy accepts mTLS for it
 
 	// policyKeyFixedBits are the always-matched bits of a policy key:
 	// dir, kind, proto, pad and peer_id.

@@ -669,6 +669,10 @@ type IPCacheEntry struct {
 	// RemotePod: a pod address on another node than IPCache's localNode
 	// (a peer the node proxies may talk mTLS with).
 	RemotePod bool
+	// MTLSPeer: a RemotePod whose node proxy accepts mTLS for it (its
+	// mTLS mode is not disabled), so that a source proxy may originate
+	// mTLS to it. The engine does not know modes: the agent sets it.
+	MTLSPeer bool
 }
 
 // IPCache returns, for the node named localNode, every address the

@@ -178,17 +178,27 @@ func Build(in Input) (*Resources, error) {
 		return nil, err
 	}
 	r := &Resources{}
+	plan := newMTLSPlan(in.MTLS, eps)
+	remote := remotePodPrefixes(in.IPCache)
 	for _, d := range directions(cfg) {
-		chains, v6, err := makeFilterChains(d, eps, idx)
+		chains, v6, err := makeFilterChains(d, eps, idx, plan, remote)
 		if err != nil {
 			return nil, err
 		}
 		if len(chains) == 0 {
 			continue
 		}
-		r.Listeners = append(r.Listeners, makeListener(d, chains, v6))
+		l := makeListener(d, chains, v6)
+		if d.dir == policy.Ingress && plan != nil {
+			// mTLS twins select on the transport protocol and ALPN.
+			l.ListenerFilters = append(l.ListenerFilters, TLSInspectorFilter())
+		}
+		r.Listeners = append(r.Listeners, l)
 		r.Routes = append(r.Routes, makeRoute(d))
 		r.Clusters = append(r.Clusters, makeCluster(d, cfg.ConnectTimeout))
+	}
+	if err := plan.build(r, cfg, eps); err != nil {
+		return nil, err
 	}
 	if err := r.finish(); err != nil {
 		return nil, err
@@ -270,7 +280,7 @@ type chainPart struct {
 	withPort bool
 }
 
-func makeFilterChains(d direction, eps []Endpoint, idx *addrIndex) ([]*listenerv3.FilterChain, bool, error) {
+func makeFilterChains(d direction, eps []Endpoint, idx *addrIndex, plan *mtlsPlan, remote []netip.Prefix) ([]*listenerv3.FilterChain, bool, error) {
 	// Pods of one identity share a table, so their chains differ only in
 	// the match: their connection managers are built once.
 	hcms := map[string]*anypb.Any{}
@@ -307,6 +317,12 @@ func makeFilterChains(d direction, eps []Endpoint, idx *addrIndex) ([]*listenerv
 			c, err := makeFilterChain(d, ep, port, parts, idx, hcms)
 			if c != nil {
 				chains = append(chains, c)
+				if d.dir == policy.Ingress && plan.accepts(ep) {
+					chains = append(chains, plan.mtlsTwin(ep, c))
+				}
+				if d.dir == policy.Ingress && ep.Mode == MTLSStrict && len(remote) > 0 {
+					chains = append(chains, strictRefusal(ep, c, remote))
+				}
 				v6 = v6 || slices.ContainsFunc(ep.Addrs, netip.Addr.Is6)
 			}
 			return err
@@ -473,16 +489,27 @@ func makeHTTPConnectionManager(d direction, rbac *rbacfilter.RBAC) *hcmv3.HttpCo
 // requests when the agent is slow or gone.
 func accessLog(d direction) *accesslogv3.AccessLog {
 	return &accesslogv3.AccessLog{
-		Name: wellknown.HTTPGRPCAccessLog,
-		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: typed(&grpcalsv3.HttpGrpcAccessLogConfig{
-			CommonConfig: &grpcalsv3.CommonGrpcAccessLogConfig{
-				LogName: d.logName,
-				GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: AccessLogClusterName},
-				}},
-				TransportApiVersion: corev3.ApiVersion_V3,
-			},
-		})},
+		Name:       wellknown.HTTPGRPCAccessLog,
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: typed(&grpcalsv3.HttpGrpcAccessLogConfig{CommonConfig: alsCommon(d.logName)})},
+	}
+}
+
+// tcpAccessLog is accessLog's twin for L4 chains (tcp_proxy): one entry
+// per connection.
+func tcpAccessLog(logName string) *accesslogv3.AccessLog {
+	return &accesslogv3.AccessLog{
+		Name:       "envoy.access_loggers.tcp_grpc",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: typed(&grpcalsv3.TcpGrpcAccessLogConfig{CommonConfig: alsCommon(logName)})},
+	}
+}
+
+func alsCommon(logName string) *grpcalsv3.CommonGrpcAccessLogConfig {
+	return &grpcalsv3.CommonGrpcAccessLogConfig{
+		LogName: logName,
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: AccessLogClusterName},
+		}},
+		TransportApiVersion: corev3.ApiVersion_V3,
 	}
 }
 

@@ -30,6 +30,11 @@ const (
 const (
 	DefaultInboundPort  = 15006
 	DefaultOutboundPort = 15001
+	// The listeners of mTLS between node proxies for connections without
+	// L7 rules (those with L7 rules use the two above): 15008 terminates
+	// mTLS from mesh pods on other nodes, 15002 originates it.
+	DefaultMTLSInboundPort  = 15008
+	DefaultMTLSOutboundPort = 15002
 )
 
 // Config is what the generated Envoy configuration needs to know about the
@@ -41,6 +46,10 @@ type Config struct {
 	// OutboundPort is the port of the transparent listener for connections
 	// from local pods (egress L7 policy).
 	OutboundPort uint16
+	// MTLSInboundPort and MTLSOutboundPort are the ports of the mTLS
+	// listeners (docs/ARCHITECTURE.md, "mTLS between node proxies").
+	MTLSInboundPort  uint16
+	MTLSOutboundPort uint16
 	// ConnectTimeout bounds the proxy's connection to the original
 	// destination.
 	ConnectTimeout time.Duration
@@ -54,6 +63,12 @@ func (c *Config) Defaults() {
 	if c.OutboundPort == 0 {
 		c.OutboundPort = DefaultOutboundPort
 	}
+	if c.MTLSInboundPort == 0 {
+		c.MTLSInboundPort = DefaultMTLSInboundPort
+	}
+	if c.MTLSOutboundPort == 0 {
+		c.MTLSOutboundPort = DefaultMTLSOutboundPort
+	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = 5 * time.Second
 	}
@@ -62,8 +77,17 @@ func (c *Config) Defaults() {
 // Validate reports every problem with the configuration (after Defaults).
 func (c *Config) Validate() error {
 	var errs []error
-	if c.InboundPort == c.OutboundPort {
-		errs = append(errs, fmt.Errorf("--proxy-inbound-port and --proxy-outbound-port are both %d: the listeners need a port each", c.InboundPort))
+	ports := []struct {
+		flag string
+		port uint16
+	}{{"--proxy-inbound-port", c.InboundPort}, {"--proxy-outbound-port", c.OutboundPort},
+		{"--proxy-mtls-inbound-port", c.MTLSInboundPort}, {"--proxy-mtls-outbound-port", c.MTLSOutboundPort}}
+	for i, a := range ports {
+		for _, b := range ports[i+1:] {
+			if a.port == b.port {
+				errs = append(errs, fmt.Errorf("%s and %s are both %d: the listeners need a port each", a.flag, b.flag, a.port))
+			}
+		}
 	}
 	if c.ConnectTimeout < time.Millisecond {
 		errs = append(errs, fmt.Errorf("--proxy-connect-timeout %v: must be at least 1ms", c.ConnectTimeout))
@@ -75,5 +99,7 @@ func (c *Config) Validate() error {
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.Uint16Var(&c.InboundPort, "proxy-inbound-port", c.InboundPort, "port of the proxy's transparent listener for connections to local pods (ingress L7 policy)")
 	fs.Uint16Var(&c.OutboundPort, "proxy-outbound-port", c.OutboundPort, "port of the proxy's transparent listener for connections from local pods (egress L7 policy)")
+	fs.Uint16Var(&c.MTLSInboundPort, "proxy-mtls-inbound-port", c.MTLSInboundPort, "port of the proxy's transparent listener terminating mTLS from mesh pods on other nodes (connections without L7 rules)")
+	fs.Uint16Var(&c.MTLSOutboundPort, "proxy-mtls-outbound-port", c.MTLSOutboundPort, "port of the proxy's transparent listener originating mTLS to mesh pods on other nodes (connections without L7 rules)")
 	fs.DurationVar(&c.ConnectTimeout, "proxy-connect-timeout", c.ConnectTimeout, "timeout of the proxy's connection to the original destination")
 }

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -165,34 +166,39 @@ type InboundChain struct {
 	// ID is the pod's SPIFFE ID: the chain presents its SVID
 	// (SVIDSecretName) and accepts peers of its trust domain.
 	ID spiffeid.ID
-	// HCM, when set, is the chain's only network filter (L7 rules; its
+	// HCM, when set, is the chain's last network filter (L7 rules; its
 	// HTTP RBAC sees the peer as authenticated). Otherwise the chain is
-	// L4: network RBAC when AllowedPeers is not nil, then tcp_proxy to
-	// InboundClusterName.
+	// L4: tcp_proxy to InboundClusterName.
 	HCM *hcmv3.HttpConnectionManager
-	// AllowedPeers, for an L4 chain, are the SPIFFE IDs allowed to
-	// connect (authenticated principal_name exact). nil: no RBAC filter,
-	// any peer of the trust domain passes; empty: nobody.
-	AllowedPeers []spiffeid.ID
+	// Peers, when not nil, binds peer identities to addresses: a network
+	// RBAC filter first in the chain admits a connection only when its
+	// peer certificate's SPIFFE ID is a key of Peers and the connection
+	// comes from one of that key's addresses. Empty: nobody. nil: any
+	// peer of the trust domain.
+	Peers map[spiffeid.ID][]netip.Addr
+	// LogName, for an L4 chain, sends one entry per connection (peer,
+	// bytes, and why it was refused) to the agent's access log service
+	// (tcp_grpc) under this log name.
+	LogName string
 }
 
 // InboundMTLSFilterChain builds the mTLS chain of c: it matches the pod's
 // addresses, the port, transport_protocol "tls" and ALPN MTLSALPN, and
 // terminates TLS 1.3 with the pod's SVID, a client certificate required
 // and verified against TrustBundleSecretName with a URI SAN in the pod's
-// trust domain.
+// trust domain; then the peer binding (Peers) and the HCM or tcp_proxy.
 func InboundMTLSFilterChain(c InboundChain) *listenerv3.FilterChain {
 	match := inboundMatch(c)
 	match.TransportProtocol = "tls"
 	match.ApplicationProtocols = []string{MTLSALPN}
-	filters := []*listenerv3.Filter{}
+	var filters []*listenerv3.Filter
+	if c.Peers != nil {
+		filters = append(filters, peerRBACFilter(c.Peers))
+	}
 	if c.HCM != nil {
 		filters = append(filters, hcmFilter(c.HCM))
 	} else {
-		if c.AllowedPeers != nil {
-			filters = append(filters, peerRBACFilter(c.AllowedPeers))
-		}
-		filters = append(filters, tcpProxyFilter("nodemesh_inbound_mtls"))
+		filters = append(filters, tcpProxyFilter("nodemesh_inbound_mtls", InboundClusterName, c.LogName))
 	}
 	return &listenerv3.FilterChain{
 		Name:             InboundMTLSChainName(c.Key, c.Port),
@@ -205,23 +211,35 @@ func InboundMTLSFilterChain(c InboundChain) *listenerv3.FilterChain {
 	}
 }
 
-// InboundPlaintextFilterChain builds the permissive mode's twin of
-// InboundMTLSFilterChain: the same match with transport_protocol
-// "raw_buffer", no TLS, and c.HCM or a bare tcp_proxy to
-// InboundClusterName. AllowedPeers does not apply: a plaintext peer has
-// no identity to check, so what reaches this chain is what the datapath's
-// L3/L4 verdict let through; strict mode has no such chain.
-func InboundPlaintextFilterChain(c InboundChain) *listenerv3.FilterChain {
+// InboundPlaintextFilterChain builds the twin of InboundMTLSFilterChain
+// for clients that do not speak mTLS between node proxies: the same match
+// with transport_protocol transport ("raw_buffer", or "tls" without ALPN
+// for an application's own TLS), no TLS termination, and c.HCM or a
+// tcp_proxy to InboundClusterName (permissive mode). refuse (strict mode)
+// puts a network RBAC that admits nobody in front: the connection is
+// closed, and logged as refused under c.LogName. Peers does not apply: a
+// plaintext peer has no identity to check.
+func InboundPlaintextFilterChain(c InboundChain, transport string, refuse bool) *listenerv3.FilterChain {
 	match := inboundMatch(c)
-	match.TransportProtocol = "raw_buffer"
-	f := tcpProxyFilter("nodemesh_inbound_plaintext")
-	if c.HCM != nil {
-		f = hcmFilter(c.HCM)
+	match.TransportProtocol = transport
+	name := InboundPlaintextChainName(c.Key, c.Port)
+	if transport == "tls" {
+		name = "inbound-tls-passthrough|" + c.Key + "|" + portLabel(c.Port)
+	}
+	var filters []*listenerv3.Filter
+	if refuse {
+		name = "inbound-strict-refuse|" + strings.TrimPrefix(name, "inbound-")
+		filters = append(filters, refuseFilter())
+	}
+	if c.HCM != nil && !refuse {
+		filters = append(filters, hcmFilter(c.HCM))
+	} else {
+		filters = append(filters, tcpProxyFilter("nodemesh_inbound_plaintext", InboundClusterName, c.LogName))
 	}
 	return &listenerv3.FilterChain{
-		Name:             InboundPlaintextChainName(c.Key, c.Port),
+		Name:             name,
 		FilterChainMatch: match,
-		Filters:          []*listenerv3.Filter{f},
+		Filters:          filters,
 	}
 }
 
@@ -245,34 +263,75 @@ func hcmFilter(h *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	}
 }
 
-func tcpProxyFilter(statPrefix string) *listenerv3.Filter {
+// tcpProxyFilter proxies to cluster, logging each connection under logName
+// (none when empty).
+func tcpProxyFilter(statPrefix, cluster, logName string) *listenerv3.Filter {
+	tp := &tcpproxyv3.TcpProxy{
+		StatPrefix:       statPrefix,
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+	}
+	if logName != "" {
+		tp.AccessLog = []*accesslogv3.AccessLog{tcpAccessLog(logName)}
+	}
 	return &listenerv3.Filter{
-		Name: wellknown.TCPProxy,
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpproxyv3.TcpProxy{
-			StatPrefix:       statPrefix,
-			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: InboundClusterName},
+		Name:       wellknown.TCPProxy,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(tp)},
+	}
+}
+
+// StrictRefusePolicy is the RBAC stat prefix of strict mode's refusal of
+// plaintext clients, which access log entries carry.
+const StrictRefusePolicy = "nodemesh_strict_plaintext_refused"
+
+// refuseFilter is a network RBAC admitting nobody (ALLOW without
+// policies).
+func refuseFilter() *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name: wellknown.RoleBasedAccessControl,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&netrbacv3.RBAC{
+			StatPrefix: StrictRefusePolicy,
+			Rules:      &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW},
 		})},
 	}
 }
 
-// peerRBACFilter allows connections whose authenticated peer is one of
-// ids (exact URI SAN); one policy, "mtls-peers". No ids: nobody.
-func peerRBACFilter(ids []spiffeid.ID) *listenerv3.Filter {
+// PeerBindingPolicy is the name of the RBAC policy binding peer SPIFFE IDs
+// to source addresses.
+const PeerBindingPolicy = "mtls-peer-identity"
+
+// peerRBACFilter admits a connection whose authenticated peer is a key of
+// peers connecting from one of its addresses; one policy,
+// PeerBindingPolicy. No peers: nobody.
+func peerRBACFilter(peers map[spiffeid.ID][]netip.Addr) *listenerv3.Filter {
 	rules := &rbacv3.RBAC{Action: rbacv3.RBAC_ALLOW}
-	if len(ids) > 0 {
-		names := make([]string, 0, len(ids))
-		for _, id := range ids {
-			names = append(names, id.String())
+	ids := make([]spiffeid.ID, 0, len(peers))
+	for id := range peers {
+		ids = append(ids, id)
+	}
+	slices.SortFunc(ids, func(a, b spiffeid.ID) int { return strings.Compare(a.String(), b.String()) })
+	var principals []*rbacv3.Principal
+	for _, id := range ids {
+		addrs := slices.Clone(peers[id])
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		addrs = slices.Compact(addrs)
+		var from []*rbacv3.Principal
+		for _, a := range addrs {
+			from = append(from, &rbacv3.Principal{Identifier: &rbacv3.Principal_DirectRemoteIp{DirectRemoteIp: cidr(netip.PrefixFrom(a, a.BitLen()))}})
 		}
-		slices.Sort(names)
-		names = slices.Compact(names)
-		var principals []*rbacv3.Principal
-		for _, n := range names {
-			principals = append(principals, &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{
-				Authenticated: &rbacv3.Principal_Authenticated{PrincipalName: exactMatcher(n)},
-			}})
+		if len(from) == 0 {
+			continue
 		}
-		rules.Policies = map[string]*rbacv3.Policy{"mtls-peers": {
+		authn := &rbacv3.Principal{Identifier: &rbacv3.Principal_Authenticated_{
+			Authenticated: &rbacv3.Principal_Authenticated{PrincipalName: exactMatcher(id.String())},
+		}}
+		src := from[0]
+		if len(from) > 1 {
+			src = &rbacv3.Principal{Identifier: &rbacv3.Principal_OrIds{OrIds: &rbacv3.Principal_Set{Ids: from}}}
+		}
+		principals = append(principals, &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: []*rbacv3.Principal{authn, src}}}})
+	}
+	if len(principals) > 0 {
+		rules.Policies = map[string]*rbacv3.Policy{PeerBindingPolicy: {
 			Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
 			Principals:  principals,
 		}}

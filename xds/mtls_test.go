@@ -159,7 +159,7 @@ func checkCommon(t *testing.T, what string, c *tlsv3.CommonTlsContext, id spiffe
 func TestMTLSBuilders(t *testing.T) {
 	h, _ := mtlsHCM(t)
 	pod := xds.InboundChain{Key: "default/backend", Addrs: []netip.Addr{netip.MustParseAddr("fd00::10"), netip.MustParseAddr("10.0.2.10")},
-		Port: 80, ID: backendID, AllowedPeers: []spiffeid.ID{frontendID, frontendID}}
+		Port: 80, ID: backendID, Peers: map[spiffeid.ID][]netip.Addr{frontendID: {netip.MustParseAddr("10.0.1.5"), netip.MustParseAddr("10.0.1.5")}}}
 
 	l4 := xds.InboundMTLSFilterChain(pod)
 	if l4.GetName() != "inbound-mtls|default/backend|80" {
@@ -189,10 +189,15 @@ func TestMTLSBuilders(t *testing.T) {
 	if err := l4.GetFilters()[0].GetTypedConfig().UnmarshalTo(rb); err != nil {
 		t.Fatal(err)
 	}
-	pol := rb.GetRules().GetPolicies()["mtls-peers"]
-	if rb.GetRules().GetAction() != rbacv3.RBAC_ALLOW || len(pol.GetPrincipals()) != 1 ||
-		pol.GetPrincipals()[0].GetAuthenticated().GetPrincipalName().GetExact() != frontendID.String() {
-		t.Errorf("rbac %v", rb)
+	pol := rb.GetRules().GetPolicies()[xds.PeerBindingPolicy]
+	if rb.GetRules().GetAction() != rbacv3.RBAC_ALLOW || len(pol.GetPrincipals()) != 1 {
+		t.Fatalf("rbac %v", rb)
+	}
+	// The peer's SPIFFE ID and the connection's source address together.
+	and := pol.GetPrincipals()[0].GetAndIds().GetIds()
+	if len(and) != 2 || and[0].GetAuthenticated().GetPrincipalName().GetExact() != frontendID.String() ||
+		and[1].GetDirectRemoteIp().GetAddressPrefix() != "10.0.1.5" || and[1].GetDirectRemoteIp().GetPrefixLen().GetValue() != 32 {
+		t.Errorf("binding principal %v", pol.GetPrincipals()[0])
 	}
 	tp := &tcpproxyv3.TcpProxy{}
 	if err := l4.GetFilters()[1].GetTypedConfig().UnmarshalTo(tp); err != nil || tp.GetCluster() != xds.InboundClusterName {
@@ -200,29 +205,29 @@ func TestMTLSBuilders(t *testing.T) {
 	}
 
 	noRBAC := pod
-	noRBAC.AllowedPeers = nil
+	noRBAC.Peers = nil
 	if fs := xds.InboundMTLSFilterChain(noRBAC).GetFilters(); len(fs) != 1 || fs[0].GetName() != "envoy.filters.network.tcp_proxy" {
-		t.Errorf("nil AllowedPeers: filters %v", fs)
+		t.Errorf("nil Peers: filters %v", fs)
 	}
 	nobody := pod
-	nobody.AllowedPeers, nobody.Port = []spiffeid.ID{}, 0
+	nobody.Peers, nobody.Port = map[spiffeid.ID][]netip.Addr{}, 0
 	nb := xds.InboundMTLSFilterChain(nobody)
 	if nb.GetName() != "inbound-mtls|default/backend|ranges" || nb.GetFilterChainMatch().GetDestinationPort() != nil {
 		t.Errorf("portless chain %v", nb)
 	}
 	rb = &netrbacv3.RBAC{}
 	if err := nb.GetFilters()[0].GetTypedConfig().UnmarshalTo(rb); err != nil || len(rb.GetRules().GetPolicies()) != 0 || rb.GetRules().GetAction() != rbacv3.RBAC_ALLOW {
-		t.Errorf("empty AllowedPeers: %v %v", rb, err)
+		t.Errorf("empty Peers: %v %v", rb, err)
 	}
 
 	l7 := pod
 	l7.HCM = h
 	hc := xds.InboundMTLSFilterChain(l7)
-	if fs := hc.GetFilters(); len(fs) != 1 || fs[0].GetName() != "envoy.filters.network.http_connection_manager" {
+	if fs := hc.GetFilters(); len(fs) != 2 || fs[0].GetName() != "envoy.filters.network.rbac" || fs[1].GetName() != "envoy.filters.network.http_connection_manager" {
 		t.Errorf("L7 filters %v", fs)
 	}
 
-	plain := xds.InboundPlaintextFilterChain(pod)
+	plain := xds.InboundPlaintextFilterChain(pod, "raw_buffer", false)
 	pm := plain.GetFilterChainMatch()
 	if plain.GetName() != "inbound-plaintext|default/backend|80" || plain.GetTransportSocket() != nil || pm.GetTransportProtocol() != "raw_buffer" ||
 		len(pm.GetApplicationProtocols()) != 0 || pm.GetDestinationPort().GetValue() != 80 || len(pm.GetPrefixRanges()) != 2 {
@@ -231,8 +236,13 @@ func TestMTLSBuilders(t *testing.T) {
 	if fs := plain.GetFilters(); len(fs) != 1 || fs[0].GetName() != "envoy.filters.network.tcp_proxy" {
 		t.Errorf("plaintext filters %v", fs)
 	}
-	if fs := xds.InboundPlaintextFilterChain(l7).GetFilters(); len(fs) != 1 || fs[0].GetName() != "envoy.filters.network.http_connection_manager" {
+	if fs := xds.InboundPlaintextFilterChain(l7, "raw_buffer", false).GetFilters(); len(fs) != 1 || fs[0].GetName() != "envoy.filters.network.http_connection_manager" {
 		t.Errorf("plaintext L7 filters %v", fs)
+	}
+	strict := xds.InboundPlaintextFilterChain(l7, "tls", true)
+	if fs := strict.GetFilters(); strict.GetName() != "inbound-strict-refuse|tls-passthrough|default/backend|80" || strict.GetFilterChainMatch().GetTransportProtocol() != "tls" ||
+		len(fs) != 2 || fs[0].GetName() != "envoy.filters.network.rbac" || fs[1].GetName() != "envoy.filters.network.tcp_proxy" {
+		t.Errorf("strict refusal chain %v", strict)
 	}
 
 	c := xds.OutboundMTLSCluster(frontendID, 2*time.Second)
@@ -281,12 +291,12 @@ func TestMTLSAcceptedByProxy(t *testing.T) {
 	lo := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	chains := []*listenerv3.FilterChain{}
 	for _, c := range []xds.InboundChain{
-		{Key: "default/backend", Addrs: lo, ID: backendID, AllowedPeers: []spiffeid.ID{frontendID}},
+		{Key: "default/backend", Addrs: lo, ID: backendID, Peers: map[spiffeid.ID][]netip.Addr{frontendID: lo}},
 		{Key: "default/l7", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("::2")}, Port: 80, ID: backendID, HCM: h},
-		{Key: "default/nobody", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.3")}, ID: frontendID, AllowedPeers: []spiffeid.ID{}},
+		{Key: "default/nobody", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.3")}, ID: frontendID, Peers: map[spiffeid.ID][]netip.Addr{}},
 		{Key: "default/any", Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.4")}, Port: 8080, ID: frontendID},
 	} {
-		chains = append(chains, xds.InboundMTLSFilterChain(c), xds.InboundPlaintextFilterChain(c))
+		chains = append(chains, xds.InboundMTLSFilterChain(c), xds.InboundPlaintextFilterChain(c, "raw_buffer", false))
 	}
 	l := &listenerv3.Listener{Name: "mtls-in", Address: sockAddr("127.0.0.1", 0),
 		ListenerFilters: []*listenerv3.ListenerFilter{xds.TLSInspectorFilter()}, FilterChains: chains}

@@ -108,7 +108,8 @@ struct ipcache_value {
 };
 
 /* ipcache_value.flags */
-#define NM_IPC_REMOTE_POD 0x01 /* a mesh pod on another node: mTLS peer */
+#define NM_IPC_REMOTE_POD 0x01 /* a mesh pod on another node */
+#define NM_IPC_MTLS_PEER 0x02  /* ... whose node proxy accepts mTLS for it (its mode is not disabled) */
 
 struct endpoint_key {
 	__u8 addr[16];
