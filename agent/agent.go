@@ -36,6 +36,7 @@ type Agent struct {
 	// mTLS is disabled.
 	idSource  certs.Source
 	idManager *certs.Manager
+	idRunner  IdentitySource
 
 	mu       sync.Mutex // guards everything below
 	engine   *policy.Engine
@@ -51,6 +52,14 @@ type Agent struct {
 	proxy bpf.ProxyPorts
 	// redirectErr is why the node could not be set up for the redirect.
 	redirectErr error
+	// idSnap is the identity source's latest snapshot; nsLabels the
+	// namespaces' labels, nsModes their mTLS mode labels.
+	idSnap        *certs.Snapshot
+	nsLabels      map[string]map[string]string
+	nsModes       map[string]xds.MTLSMode
+	nsProblems    []string
+	svidWorkloads string // the workloads last given to idManager
+	mtlsPorts     [2]uint16
 }
 
 // applied is the state last pushed into the engine, to diff the next
@@ -70,6 +79,8 @@ type localEndpoint struct {
 	ident   identity.NumericIdentity
 	table   *policy.Table
 	proxy   bpf.ProxyPorts // as table was programmed
+	flags   bpf.EndpointFlags
+	mode    xds.MTLSMode
 	ifname  string
 	ifindex int
 	state   string
@@ -91,6 +102,7 @@ func New(cfg Config, version string, src Source, dp Datapath, links Links, log *
 		events:   newEventRing(cfg.EventBuffer),
 		engine:   policy.NewEngine(identity.NewMemoryAllocator()),
 		local:    map[string]*localEndpoint{},
+		nsLabels: map[string]map[string]string{},
 		ids:      ids,
 		attached: map[string]error{},
 		applied:  applied{namespaces: map[string]string{}, pods: map[string]string{}, policies: map[string]string{}, nodes: map[string]string{}},
@@ -108,7 +120,7 @@ func New(cfg Config, version string, src Source, dp Datapath, links Links, log *
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 5)
+	errc := make(chan error, 8)
 	var wg sync.WaitGroup
 	run := func(name string, f func() error) {
 		wg.Add(1)
@@ -139,6 +151,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.MetricsAddr != "" {
 		run("metrics", func() error { return a.metrics.serve(ctx, a.cfg.MetricsAddr) })
 	}
+	a.runIdentities(ctx, run)
 	run("links", func() error { return a.links.Watch(ctx, a.attach) })
 	run("events", func() error { return a.dp.ReadEvents(ctx, a.recordEvent) })
 	run("source", func() error { return a.src.Run(ctx, a.Apply) })
@@ -233,6 +246,7 @@ func (a *Agent) diffIntoEngine(s Snapshot) error {
 		ns := &s.World.Namespaces[i]
 		j := jsonOf(ns.Metadata.Labels)
 		seen[ns.Metadata.Name] = true
+		a.nsLabels[ns.Metadata.Name] = ns.Metadata.Labels
 		if a.applied.namespaces[ns.Metadata.Name] != j {
 			a.applied.namespaces[ns.Metadata.Name] = j
 			if err := e.UpsertNamespace(ns); err != nil {
@@ -243,6 +257,7 @@ func (a *Agent) diffIntoEngine(s Snapshot) error {
 	for name := range a.applied.namespaces {
 		if !seen[name] {
 			delete(a.applied.namespaces, name)
+			delete(a.nsLabels, name)
 			if err := e.UpsertNamespace(&api.Namespace{Metadata: api.ObjectMeta{Name: name}}); err != nil {
 				return err
 			}
@@ -332,12 +347,43 @@ func (a *Agent) program() {
 	// connections to it only once it has ACKed the configuration that
 	// serves them, until then they drop (fail closed).
 	a.proxy = bpf.ProxyPorts{}
-	if v, err := a.xds.SetNode(a.cfg.NodeName, xds.InputFromEngine(a.engine, a.cfg.NodeName, a.cfg.Proxy)); err != nil {
+	a.nsModes, a.nsProblems = namespaceModes(a.nsLabels)
+	problems = append(problems, a.nsProblems...)
+	byKey := make(map[string]*policy.Endpoint, len(all))
+	var localEPs []*policy.Endpoint
+	for _, ep := range all {
+		byKey[ep.Key()] = ep
+		if ep.Node == a.cfg.NodeName && len(ep.Addrs) > 0 {
+			localEPs = append(localEPs, ep)
+		}
+	}
+	a.requestSVIDs(localEPs)
+	in := xds.InputFromEngine(a.engine, a.cfg.NodeName, a.cfg.Proxy)
+	ipc := a.engine.IPCache(a.cfg.NodeName)
+	a.withMTLS(&in, ipc, byKey)
+	ready := map[string]bool{}
+	for _, ep := range in.Endpoints {
+		ready[ep.Key] = in.MTLS.Ready(ep)
+	}
+	acked := false
+	if v, err := a.xds.SetNode(a.cfg.NodeName, in); err != nil {
 		fail("proxy configuration", err)
 	} else {
 		a.status.ProxyConfig = v
 		if a.proxyAcked(v) {
+			acked = true
 			a.proxy = bpf.ProxyPorts{Ingress: a.cfg.Proxy.InboundPort, Egress: a.cfg.Proxy.OutboundPort}
+		}
+	}
+	mtlsPorts := [2]uint16{}
+	if acked && in.MTLS != nil {
+		mtlsPorts = [2]uint16{a.cfg.Proxy.MTLSInboundPort, a.cfg.Proxy.MTLSOutboundPort}
+	}
+	if mtlsPorts != a.mtlsPorts {
+		if err := a.dp.SetMTLSPorts(mtlsPorts[0], mtlsPorts[1]); err != nil {
+			fail("mTLS proxy ports", err)
+		} else {
+			a.mtlsPorts = mtlsPorts
 		}
 	}
 	for _, ep := range all {
@@ -363,7 +409,7 @@ func (a *Agent) program() {
 		le.ident = id
 	}
 	// 2. The ipcache, once every table that names a new identity is in.
-	if err := a.dp.SyncIPCache(a.engine.IPCache(a.cfg.NodeName)); err != nil {
+	if err := a.dp.SyncIPCache(ipc); err != nil {
 		fail("ipcache", err)
 	}
 	// 3. Endpoint entries: from now on the pod's traffic is enforced by
@@ -384,16 +430,16 @@ func (a *Agent) program() {
 			le.state, le.err = "error", err
 			continue
 		}
-		if old == nil || old.ifindex != index || old.ident != le.ident || old.state != "ready" {
-			// mTLS between node proxies (issue 5) is not switched on yet:
-			// no endpoint originates or accepts it.
-			if err := a.dp.SetEndpoint(le.addr, le.id, uint32(index), le.ident, 0); err != nil {
+		le.mode = a.modeOf(le.ep)
+		flags := endpointFlags(le.mode, acked && ready[key])
+		if old == nil || old.ifindex != index || old.ident != le.ident || old.state != "ready" || old.flags != flags {
+			if err := a.dp.SetEndpoint(le.addr, le.id, uint32(index), le.ident, flags); err != nil {
 				fail("endpoint "+key, err)
 				le.state, le.err = "error", err
 				continue
 			}
 		}
-		le.ifname, le.ifindex, le.state, le.err = name, index, "ready", nil
+		le.ifname, le.ifindex, le.state, le.err, le.flags = name, index, "ready", nil, flags
 	}
 	// 4. Endpoints that left this node.
 	for key, le := range a.local {

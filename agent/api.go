@@ -115,11 +115,127 @@ type EnvoyConfig struct {
 	ConfigDump json.RawMessage `json:"configDump"`
 }
 
+// IdentitiesRequest asks for the node's workload identities (mTLS).
+type IdentitiesRequest struct{}
+
+// IdentityList is the answer to IdentitiesRequest: the SVIDs the node's
+// proxy presents and the trust bundle it verifies peers with.
+type IdentityList struct {
+	Node string `json:"node"`
+	// Source is where the SVIDs come from: "built-in CA" or "SPIRE".
+	Source string `json:"source"`
+	// Generation is the identity source's snapshot generation.
+	Generation uint64 `json:"generation"`
+	// Identities are sorted by SPIFFE ID.
+	Identities []IdentityStatus `json:"identities"`
+	// BundleVersion and Bundle are the trust bundle: the roots trusted
+	// per trust domain, sorted by trust domain.
+	BundleVersion uint64             `json:"bundleVersion"`
+	Bundle        []TrustDomainRoots `json:"bundle"`
+}
+
+// Identity states.
+const (
+	IdentityValid     = "valid"     // an SVID in its validity period, issued by a root of the bundle
+	IdentityPending   = "pending"   // not issued yet
+	IdentityFailing   = "failing"   // the last request failed (an SVID may still be held)
+	IdentityExpired   = "expired"   // the SVID expired unrenewed
+	IdentityUntrusted = "untrusted" // the SVID's root is not in the bundle
+	IdentityMissing   = "missing"   // a local pod's identity the source has no SVID and no request for
+)
+
+// IdentityStatus is one SPIFFE ID of the node's workloads and its SVID.
+type IdentityStatus struct {
+	SPIFFEID string `json:"spiffeID"`
+	// Pods are this node's pods ("namespace/name") with this identity.
+	Pods  []string `json:"pods"`
+	State string   `json:"state"` // one of the Identity* states
+	// The SVID's leaf, if one is held: serial in hex, validity.
+	HasSVID   bool      `json:"hasSVID"`
+	Serial    string    `json:"serial,omitempty"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	// RenewAt is when the built-in CA's manager renews (or retries) next;
+	// zero when unknown (SPIRE renews on its own schedule). RenewIn is
+	// RenewAt less the time of the answer.
+	RenewAt time.Time     `json:"renewAt"`
+	RenewIn time.Duration `json:"renewInNanos"`
+	// Issuer is the subject of the bundle's root that issued the chain,
+	// IssuerSerial its serial (hex); without a trusted root, the chain's
+	// top issuer name and no serial.
+	Issuer       string `json:"issuer,omitempty"`
+	IssuerSerial string `json:"issuerSerial,omitempty"`
+	// Failures are the failed requests since the last success, LastError
+	// the last one's error (built-in CA only).
+	Failures  int    `json:"failures"`
+	LastError string `json:"lastError,omitempty"`
+}
+
+// TrustDomainRoots are the roots the bundle trusts for one trust domain.
+type TrustDomainRoots struct {
+	TrustDomain string       `json:"trustDomain"`
+	Roots       []BundleRoot `json:"roots"`
+}
+
+// BundleRoot is one trusted root certificate.
+type BundleRoot struct {
+	Subject   string    `json:"subject"`
+	Serial    string    `json:"serial"` // hex
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	// SHA256 is the certificate's fingerprint, colon-separated hex.
+	SHA256 string `json:"sha256"`
+}
+
+// CertsRequest asks for the certificate chains of the node's SVIDs: only
+// SPIFFEID's when it is set, with the certificates' PEM when PEM is true.
+// Private keys are never sent.
+type CertsRequest struct {
+	SPIFFEID string `json:"spiffeID,omitempty"`
+	PEM      bool   `json:"pem,omitempty"`
+}
+
+// CertChains is the answer to CertsRequest.
+type CertChains struct {
+	Node   string `json:"node"`
+	Source string `json:"source"`
+	// Chains are sorted by SPIFFE ID.
+	Chains []SVIDChain `json:"chains"`
+}
+
+// SVIDChain is an SVID's certificate chain as the proxy presents it, leaf
+// first, and the bundle's root that issued it (nil if none does).
+type SVIDChain struct {
+	SPIFFEID     string            `json:"spiffeID"`
+	Certificates []CertificateInfo `json:"certificates"`
+	Root         *CertificateInfo  `json:"root,omitempty"`
+}
+
+// CertificateInfo is a decoded X.509 certificate.
+type CertificateInfo struct {
+	Subject            string    `json:"subject"`
+	Issuer             string    `json:"issuer"`
+	Serial             string    `json:"serial"` // hex
+	NotBefore          time.Time `json:"notBefore"`
+	NotAfter           time.Time `json:"notAfter"`
+	URISANs            []string  `json:"uriSANs,omitempty"`
+	DNSSANs            []string  `json:"dnsSANs,omitempty"`
+	KeyUsage           []string  `json:"keyUsage,omitempty"`
+	ExtKeyUsage        []string  `json:"extKeyUsage,omitempty"`
+	IsCA               bool      `json:"isCA"`
+	SignatureAlgorithm string    `json:"signatureAlgorithm"`
+	PublicKeyAlgorithm string    `json:"publicKeyAlgorithm"` // with the curve or size: "ECDSA P-256", "RSA 2048"
+	SHA256             string    `json:"sha256"`             // fingerprint, colon-separated hex
+	PEM                string    `json:"pem,omitempty"`      // the certificate only, on request
+}
+
 // Server is what the API serves; *Agent implements it.
 type Server interface {
 	Status(context.Context) (*Status, error)
 	Endpoints(context.Context) (*EndpointList, error)
 	EnvoyConfig(context.Context, *EnvoyConfigRequest) (*EnvoyConfig, error)
+	Identities(context.Context) (*IdentityList, error)
+	Certs(context.Context, *CertsRequest) (*CertChains, error)
 	Observe(ctx context.Context, req *ObserveRequest, send func(*FlowEvent) error) error
 }
 
@@ -151,6 +267,19 @@ var serviceDesc = grpc.ServiceDesc{
 				return nil, err
 			}
 			return srv.(Server).EnvoyConfig(ctx, req)
+		}},
+		{MethodName: "Identities", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			if err := dec(&IdentitiesRequest{}); err != nil {
+				return nil, err
+			}
+			return srv.(Server).Identities(ctx)
+		}},
+		{MethodName: "Certs", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			req := &CertsRequest{}
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			return srv.(Server).Certs(ctx, req)
 		}},
 	},
 	Streams: []grpc.StreamDesc{{
@@ -230,6 +359,21 @@ func (c *Client) Endpoints(ctx context.Context) (*EndpointList, error) {
 func (c *Client) EnvoyConfig(ctx context.Context, typ string) (*EnvoyConfig, error) {
 	out := &EnvoyConfig{}
 	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/EnvoyConfig", &EnvoyConfigRequest{Type: typ}, out)
+}
+
+// Identities calls the Identities method.
+func (c *Client) Identities(ctx context.Context) (*IdentityList, error) {
+	out := &IdentityList{}
+	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/Identities", &IdentitiesRequest{}, out)
+}
+
+// Certs calls the Certs method.
+func (c *Client) Certs(ctx context.Context, req *CertsRequest) (*CertChains, error) {
+	if req == nil {
+		req = &CertsRequest{}
+	}
+	out := &CertChains{}
+	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/Certs", req, out)
 }
 
 // Observe streams flow events to fn until the stream ends (without

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/nodemesh/nodemesh/xds"
 )
@@ -27,7 +28,26 @@ type Config struct {
 	// (Envoy or nodemesh-proxy) connects to.
 	XDSSocket string
 	Proxy     xds.Config
+	// MTLSMode is the mesh-wide mode of mTLS between node proxies
+	// (disabled, permissive, strict); a namespace's label
+	// mtls.nodemesh.io/mode overrides it for its pods.
+	MTLSMode string
+	// TrustDomain is the SPIFFE trust domain of the workloads' IDs.
+	TrustDomain string
+	// IdentitySource is where the workloads' SVIDs come from: "ca", the
+	// built-in CA (nodemesh-ca) at CASocket, or "spire", a SPIRE agent's
+	// Workload API (flags of package certs/spire).
+	IdentitySource string
+	CASocket       string
 }
+
+// MTLSModeLabel is the namespace label that overrides --mtls-mode for the
+// namespace's pods.
+const MTLSModeLabel = "mtls.nodemesh.io/mode"
+
+// DefaultTrustDomain is the trust domain when none is configured, as in
+// Istio and Cilium.
+const DefaultTrustDomain = "cluster.local"
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
@@ -41,6 +61,18 @@ func (c *Config) Defaults() {
 		c.XDSSocket = filepath.Join("/run/nodemesh", c.NodeName, "xds.sock")
 	}
 	c.Proxy.Defaults()
+	if c.MTLSMode == "" {
+		c.MTLSMode = string(xds.MTLSPermissive)
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = DefaultTrustDomain
+	}
+	if c.IdentitySource == "" {
+		c.IdentitySource = "ca"
+	}
+	if c.CASocket == "" && c.NodeName != "" {
+		c.CASocket = filepath.Join("/run/nodemesh/ca/nodes", c.NodeName+".sock")
+	}
 	if c.InterfaceGlob == "" {
 		c.InterfaceGlob = "lxc*"
 	}
@@ -70,6 +102,15 @@ func (c *Config) Validate() error {
 	if err := c.Proxy.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := xds.ParseMTLSMode(c.MTLSMode); err != nil {
+		errs = append(errs, fmt.Errorf("--mtls-mode: %w", err))
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		errs = append(errs, fmt.Errorf("--trust-domain %q: %w", c.TrustDomain, err))
+	}
+	if c.IdentitySource != "ca" && c.IdentitySource != "spire" {
+		errs = append(errs, fmt.Errorf("--identity-source %q: want ca (the built-in CA, nodemesh-ca) or spire", c.IdentitySource))
+	}
 	if c.EventBuffer < 1 {
 		errs = append(errs, fmt.Errorf("--event-buffer %d: must be at least 1", c.EventBuffer))
 	}
@@ -89,4 +130,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.EventBuffer, "event-buffer", c.EventBuffer, "flow events kept for 'meshctl observe --last'")
 	fs.StringVar(&c.XDSSocket, "xds-socket", c.XDSSocket, "unix socket of the xDS server for the node proxy (default /run/nodemesh/<node>/xds.sock)")
 	c.Proxy.BindFlags(fs)
+	fs.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "mTLS between node proxies for pods on different nodes: disabled, permissive (originate mTLS to mesh peers, accept mTLS and plaintext) or strict (refuse plaintext from mesh pods); the namespace label "+MTLSModeLabel+" overrides it (default permissive)")
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain of the workload identities spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
+	fs.StringVar(&c.CASocket, "ca-socket", c.CASocket, "this node's socket of the built-in CA, nodemesh-ca (default /run/nodemesh/ca/nodes/<node>.sock)")
+	fs.StringVar(&c.IdentitySource, "identity-source", c.IdentitySource, "where the workloads' SVIDs come from: ca (the built-in CA, nodemesh-ca, at --ca-socket) or spire (a SPIRE agent's Workload API at --spire-socket; see docs/spire.md)")
 }

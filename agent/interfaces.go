@@ -23,6 +23,9 @@ type Datapath interface {
 	// connections to the proxy listeners of proxy, or drop them (fail
 	// closed) where a port is zero.
 	SetPolicy(endpointID uint32, t *policy.Table, proxy bpf.ProxyPorts) error
+	// SetMTLSPorts names the proxy listeners mTLS flows are steered to;
+	// zero drops them (proxy-unavailable).
+	SetMTLSPorts(inbound, outbound uint16) error
 	// SetupRedirect prepares the node for steering connections to the
 	// proxy (package redirect, and the hairpin program).
 	SetupRedirect() error

@@ -41,13 +41,14 @@ type accessEntry struct {
 	DurationMS    float64 `json:"duration_ms"`
 }
 
-// accessLogger writes whole lines, one Write per line.
+// accessLogger writes whole lines, one Write per line: an accessEntry
+// per request, a tcpAccessEntry per tcp_proxy connection.
 type accessLogger struct {
 	mu sync.Mutex
 	w  io.Writer
 }
 
-func (l *accessLogger) write(e *accessEntry) {
+func (l *accessLogger) write(e any) {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return

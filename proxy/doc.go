@@ -30,8 +30,8 @@
 // source and source prefixes and source ports (Envoy's order and
 // most-specific rules, default chain); a filter chain's transport_socket
 // envoy.transport_sockets.tls with a DownstreamTlsContext (see "TLS");
-// as network filters either envoy.filters.network.http_connection_manager
-// alone, or an optional envoy.filters.network.rbac then the terminal
+// as network filters an optional envoy.filters.network.rbac then the
+// terminal envoy.filters.network.http_connection_manager or
 // envoy.filters.network.tcp_proxy (see "L4 chains"); the HCM with
 // rds (over ADS) or an inline route_config, http_filters
 // envoy.filters.http.rbac (ALLOW/DENY; permissions any, and/or/not,
@@ -156,16 +156,21 @@
 // # L4 chains
 //
 // A chain whose filters are [envoy.filters.network.rbac (optional),
-// envoy.filters.network.tcp_proxy] proxies bytes (tcpproxy.go).
+// envoy.filters.network.tcp_proxy] proxies bytes (tcpproxy.go); the
+// network RBAC may also precede the HCM: [envoy.filters.network.rbac,
+// envoy.filters.network.http_connection_manager] (see "Network RBAC").
 //
 // tcp_proxy (envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy):
 // stat_prefix (required), cluster (one cluster; weighted_clusters is
 // refused), idle_timeout (Envoy's default 1h; 0 disables it: no bytes
 // either way for that long closes both sides), max_connect_attempts only
-// 1; every other field (access_log: the proxy has no TCP access log
-// entry; hash_policy, tunneling_config, on_demand, metadata_match, the
-// per-direction idle timeouts, max_downstream_connection_duration, ...)
-// is refused. The upstream connection is made by the cluster's dialer,
+// 1, access_log with the envoy.access_loggers.tcp_grpc logger (see
+// "Access logs") and the envoy.access_loggers.stdout logger without
+// log_format (one JSON line per connection); other loggers (http_grpc
+// included), access_log filters and access_log_options are refused, as
+// is every other field (hash_policy, tunneling_config, on_demand,
+// metadata_match, the per-direction idle timeouts,
+// max_downstream_connection_duration, ...). The upstream connection is made by the cluster's dialer,
 // the one its HTTP pools use: the ORIGINAL_DST address (the
 // connection's original destination; use_http_header has no header to
 // read and falls back to it) or STATIC endpoints round robin,
@@ -199,11 +204,19 @@
 // handshake (the peer's identity is known) and before tcp_proxy connects
 // upstream — stricter than Envoy, which connects upstream at accept and
 // checks at the first byte: a denied connection never reaches the
-// upstream, even with a server-first protocol. A denied connection is
-// closed, logged at debug with the peer and
-// rbac_access_denied_matched_policy[NAME or none], and counted with the
+// upstream, even with a server-first protocol. Before the HCM, it is
+// checked once before any request is read (Envoy: at the first byte,
+// before the codec sees it), and a denied connection is closed without
+// an HTTP response. A denied connection is closed, logged at debug with
+// the peer and rbac_access_denied_matched_policy[NAME or none] (on a
+// tcp_proxy chain also its access log entry's
+// connection_termination_details, as Envoy), and counted with the
 // allowed ones in nodemesh_proxy_network_rbac_total{listener,stat_prefix,
-// stat} (Envoy's <stat_prefix>.rbac.allowed and .denied).
+// stat} (Envoy's <stat_prefix>.rbac.allowed and .denied). A keep-alive
+// HTTP connection that a configuration change moves to another chain is
+// checked by that chain's network RBAC again at its next request, and
+// reset if denied (Envoy drains the connections of changed chains; see
+// "Configuration changes").
 //
 // # Access logs
 //
@@ -224,6 +237,27 @@
 // stream reconnects with the xDS backoff. A logger naming a cluster that
 // is not a static gRPC cluster is NACKed, as Envoy refuses it.
 //
+// tcp_proxy's tcp_grpc logger (same common_config fields and stream
+// handling as http_grpc; a tcp_grpc and an http_grpc logger never share
+// a stream, as in Envoy) sends one TCPAccessLogEntry per downstream
+// connection of its chain when the connection ends (tcplog.go):
+// downstream remote and local (original destination) addresses, start
+// time and duration, upstream cluster, upstream remote address (the host
+// chosen, also when the connect failed) and local address,
+// connection_properties received_bytes and sent_bytes (the downstream
+// connection's), tls_properties as for HTTP entries, response flags UF
+// (upstream connect failure, with upstream_transport_failure_reason the
+// dial error) or NC (no cluster), connection_termination_details when
+// the network RBAC denied, and access_log_type TcpConnectionEnd. As
+// Envoy creates a chain's filters at accept, a connection whose
+// downstream TLS handshake failed on a chain whose tcp_proxy has
+// access_log is logged too, with downstream_transport_failure_reason the
+// handshake's reason (the Reason* strings: svid-expired, svid-unknown-ca,
+// svid-malformed when no client certificate was presented, ...; or
+// handshake-timeout, not-tls, ...). Unlike Envoy's, those entries and
+// those of denied connections have no upstream addresses: the proxy
+// connects upstream only after the handshake and the RBAC.
+//
 // # Pipeline
 //
 // xdsclient.go (ADS stream, ACK/NACK, reconnect with backoff) → proxy.go,
@@ -234,7 +268,8 @@
 // upstream bind; one HTTP server per connection profile, or tcpproxy.go
 // for L4 chains) → handler.go (per
 // request: RBAC, route, forward, timeouts; upstream TLS: tlsclient.go) →
-// accesslog.go, grpclog.go (stdout line, gRPC access log stream) →
+// accesslog.go, tcplog.go, grpclog.go (stdout lines, gRPC access log
+// streams) →
 // admin.go, redact.go (/config_dump, /ready, /stats). interfaces.go and
 // svid.go: the SVIDVerifier extension point and its default.
 //

@@ -1,6 +1,7 @@
 package proxy
 
-// The envoy.access_loggers.http_grpc logger: requests → bounded queue →
+// The envoy.access_loggers.http_grpc and tcp_grpc loggers: requests (or
+// closed tcp_proxy connections) → bounded queue →
 // one goroutine per logger (a distinct access log configuration, as
 // Envoy caches its loggers by configuration) → batches → one
 // StreamAccessLogs stream to a static gRPC cluster.
@@ -44,15 +45,19 @@ const (
 	defaultLogBufferBytes   = 16384
 )
 
-// grpcLogKey identifies a logger: HCMs with the same configuration share
-// its stream.
+// grpcLogKey identifies a logger: HCMs (or tcp_proxies) with the same
+// configuration share its stream. As in Envoy, whose logger cache is keyed
+// by configuration and logger type, an http_grpc and a tcp_grpc logger
+// never share a stream.
 type grpcLogKey struct {
+	tcp              bool // tcp_grpc: TCPAccessLogEntry (StreamAccessLogsMessage.tcp_logs)
 	cluster, logName string
 	flushInterval    time.Duration
 	bufferBytes      int // a batch this large is sent at once; 0: every entry
 }
 
-// grpcLogConfig is a compiled HttpGrpcAccessLogConfig of an HCM; logger
+// grpcLogConfig is a compiled HttpGrpcAccessLogConfig of an HCM or
+// TcpGrpcAccessLogConfig of a tcp_proxy; logger
 // is resolved when its listener is installed (the cluster must be one of
 // the proxy's static gRPC clusters).
 type grpcLogConfig struct {
@@ -69,8 +74,24 @@ func compileHTTPGRPCLog(path string, a *anypb.Any) (*grpcLogConfig, error) {
 	if err := onlyFields(path, &cfg, "common_config"); err != nil {
 		return nil, err
 	}
-	cp := path + ".common_config"
-	cc := cfg.GetCommonConfig()
+	return compileGRPCLogCommon(path+".common_config", cfg.GetCommonConfig(), false)
+}
+
+// compileTCPGRPCLog compiles an envoy.access_loggers.tcp_grpc logger of a
+// tcp_proxy: the http_grpc logger's common_config, TCP entries.
+func compileTCPGRPCLog(path string, a *anypb.Any) (*grpcLogConfig, error) {
+	var cfg grpcals.TcpGrpcAccessLogConfig
+	if err := unpackAny(path, a, &cfg); err != nil {
+		return nil, err
+	}
+	if err := onlyFields(path, &cfg, "common_config"); err != nil {
+		return nil, err
+	}
+	return compileGRPCLogCommon(path+".common_config", cfg.GetCommonConfig(), true)
+}
+
+// compileGRPCLogCommon compiles the CommonGrpcAccessLogConfig at cp.
+func compileGRPCLogCommon(cp string, cc *grpcals.CommonGrpcAccessLogConfig, tcp bool) (*grpcLogConfig, error) {
 	if cc == nil {
 		return nil, fmt.Errorf("%s: is required", cp)
 	}
@@ -102,7 +123,7 @@ func compileHTTPGRPCLog(path string, a *anypb.Any) (*grpcLogConfig, error) {
 		return nil, fmt.Errorf("%s.envoy_grpc.cluster_name: is required", gp)
 	}
 	g := &grpcLogConfig{
-		key:         grpcLogKey{cluster: eg.GetClusterName(), logName: cc.GetLogName(), flushInterval: defaultLogFlushInterval, bufferBytes: defaultLogBufferBytes},
+		key:         grpcLogKey{tcp: tcp, cluster: eg.GetClusterName(), logName: cc.GetLogName(), flushInterval: defaultLogFlushInterval, bufferBytes: defaultLogBufferBytes},
 		clusterPath: gp + ".envoy_grpc.cluster_name",
 	}
 	if cc.BufferFlushInterval != nil {
@@ -123,7 +144,9 @@ type grpcLogger struct {
 	target string
 	id     *accesslogsvc.StreamAccessLogsMessage_Identifier
 	log    *slog.Logger
-	queue  chan *accesslogdata.HTTPAccessLogEntry
+	// queue holds *HTTPAccessLogEntry, or *TCPAccessLogEntry for a
+	// tcp_grpc logger.
+	queue chan proto.Message
 
 	backoffMin, backoffMax time.Duration
 	written, dropped       prometheus.Counter
@@ -131,7 +154,7 @@ type grpcLogger struct {
 
 	// pending is the batch not sent yet; only the logger's goroutine
 	// touches it.
-	pending     []*accesslogdata.HTTPAccessLogEntry
+	pending     []proto.Message
 	pendingSize int
 
 	stopOnce sync.Once
@@ -149,7 +172,7 @@ func (p *Proxy) newGRPCLogger(key grpcLogKey, target string) *grpcLogger {
 			LogName: key.logName,
 		},
 		log:        p.log.With("access_log", key.logName, "cluster", key.cluster),
-		queue:      make(chan *accesslogdata.HTTPAccessLogEntry, p.cfg.AccessLogQueue),
+		queue:      make(chan proto.Message, p.cfg.AccessLogQueue),
 		backoffMin: p.cfg.BackoffMin,
 		backoffMax: p.cfg.BackoffMax,
 		written:    p.metrics.accessLogEntries.MustCurryWith(labels).WithLabelValues("written"),
@@ -164,7 +187,7 @@ func (p *Proxy) newGRPCLogger(key grpcLogKey, target string) *grpcLogger {
 
 // enqueue hands an entry to the logger without waiting: a full queue
 // drops it.
-func (l *grpcLogger) enqueue(e *accesslogdata.HTTPAccessLogEntry) {
+func (l *grpcLogger) enqueue(e proto.Message) {
 	select {
 	case l.queue <- e:
 	default:
@@ -262,8 +285,7 @@ func (l *grpcLogger) streamOnce() (healthy bool, err error) {
 		if len(l.pending) == 0 {
 			return nil
 		}
-		msg := &accesslogsvc.StreamAccessLogsMessage{LogEntries: &accesslogsvc.StreamAccessLogsMessage_HttpLogs{
-			HttpLogs: &accesslogsvc.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: l.pending}}}
+		msg := l.message()
 		if first {
 			msg.Identifier = l.id
 		}
@@ -317,4 +339,23 @@ func (l *grpcLogger) streamOnce() (healthy bool, err error) {
 			return healthy, err
 		}
 	}
+}
+
+// message is a StreamAccessLogsMessage of the pending entries (without
+// identifier).
+func (l *grpcLogger) message() *accesslogsvc.StreamAccessLogsMessage {
+	if l.key.tcp {
+		es := make([]*accesslogdata.TCPAccessLogEntry, 0, len(l.pending))
+		for _, e := range l.pending {
+			es = append(es, e.(*accesslogdata.TCPAccessLogEntry))
+		}
+		return &accesslogsvc.StreamAccessLogsMessage{LogEntries: &accesslogsvc.StreamAccessLogsMessage_TcpLogs{
+			TcpLogs: &accesslogsvc.StreamAccessLogsMessage_TCPAccessLogEntries{LogEntry: es}}}
+	}
+	es := make([]*accesslogdata.HTTPAccessLogEntry, 0, len(l.pending))
+	for _, e := range l.pending {
+		es = append(es, e.(*accesslogdata.HTTPAccessLogEntry))
+	}
+	return &accesslogsvc.StreamAccessLogsMessage{LogEntries: &accesslogsvc.StreamAccessLogsMessage_HttpLogs{
+		HttpLogs: &accesslogsvc.StreamAccessLogsMessage_HTTPAccessLogEntries{LogEntry: es}}}
 }

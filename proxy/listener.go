@@ -27,6 +27,7 @@ const (
 	listenerOrigSrc   = "envoy.filters.listener.original_src"
 	accessLogStdout   = "envoy.access_loggers.stdout"
 	accessLogHTTPGRPC = "envoy.access_loggers.http_grpc"
+	accessLogTCPGRPC  = "envoy.access_loggers.tcp_grpc"
 	transportRawBytes = "raw_buffer"
 )
 
@@ -75,7 +76,8 @@ type filterChain struct {
 	name  string
 	match chainMatch
 	hcm   *hcmConfig // the HTTP connection manager, nil on an L4 chain
-	// An L4 chain (hcm nil): the optional network RBAC, then tcp_proxy.
+	// The optional network RBAC, before the HCM or tcp_proxy; on an L4
+	// chain (hcm nil), tcp_proxy.
 	netRBAC *netRBACConfig
 	tcp     *tcpProxyConfig
 	tlsCtx  *tlsContext    // transport_socket envoy.transport_sockets.tls, nil: plaintext
@@ -322,9 +324,10 @@ func compileFilterChain(path string, fc *listener.FilterChain) (*filterChain, er
 }
 
 // compileFilters accepts the network filter lists the proxy implements:
-// [http_connection_manager], or [rbac (optional), tcp_proxy].
+// [rbac (optional), http_connection_manager], or [rbac (optional),
+// tcp_proxy].
 func (c *filterChain) compileFilters(path string, fs []*listener.Filter) error {
-	const supported = "[" + filterHCM + "] or [" + filterNetRBAC + " (optional), " + filterTCPProxy + "]"
+	const supported = "[" + filterNetRBAC + " (optional), " + filterHCM + "] or [" + filterNetRBAC + " (optional), " + filterTCPProxy + "]"
 	if len(fs) == 0 {
 		return fmt.Errorf("%s.filters: no network filter (%s)", path, supported)
 	}
@@ -339,8 +342,8 @@ func (c *filterChain) compileFilters(path string, fs []*listener.Filter) error {
 		var r netrbac.RBAC
 		switch {
 		case unpackAny(fp+".typed_config", f.GetTypedConfig(), &h) == nil:
-			if len(fs) != 1 {
-				return fmt.Errorf("%s: %s must be the chain's only network filter", fp, filterHCM)
+			if !last || (i == 1 && c.netRBAC == nil) || i > 1 {
+				return fmt.Errorf("%s: %s must be the chain's last network filter, after %s at most (%s)", fp, filterHCM, filterNetRBAC, supported)
 			}
 			hc, err := compileHCM(fp+".typed_config", &h)
 			if err != nil {
@@ -358,7 +361,7 @@ func (c *filterChain) compileFilters(path string, fs []*listener.Filter) error {
 			c.tcp = tc
 		case unpackAny(fp+".typed_config", f.GetTypedConfig(), &r) == nil:
 			if i != 0 || len(fs) != 2 || c.netRBAC != nil {
-				return fmt.Errorf("%s: %s is supported only as the first filter before %s", fp, filterNetRBAC, filterTCPProxy)
+				return fmt.Errorf("%s: %s is supported only as the first filter before %s or %s", fp, filterNetRBAC, filterHCM, filterTCPProxy)
 			}
 			rc, err := compileNetRBAC(fp+".typed_config", &r)
 			if err != nil {
@@ -374,6 +377,20 @@ func (c *filterChain) compileFilters(path string, fs []*listener.Filter) error {
 	}
 	if c.hcm == nil && c.tcp == nil {
 		return fmt.Errorf("%s.filters: the last network filter must be %s or %s", path, filterHCM, filterTCPProxy)
+	}
+	return nil
+}
+
+// grpcLogs are the chain's gRPC access logs: its HCM's http_grpc or its
+// tcp_proxy's tcp_grpc loggers.
+func (c *filterChain) grpcLogs() []*grpcLogConfig {
+	switch {
+	case c == nil:
+		return nil
+	case c.hcm != nil:
+		return c.hcm.grpcLogs
+	case c.tcp != nil:
+		return c.tcp.grpcLogs
 	}
 	return nil
 }

@@ -295,9 +295,7 @@ func (p *Proxy) bindTLSLocked(lc *listenerConfig) {
 func (p *Proxy) resolveLogsLocked(lc *listenerConfig) error {
 	var logs []*grpcLogConfig
 	for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
-		if c != nil && c.hcm != nil {
-			logs = append(logs, c.hcm.grpcLogs...)
-		}
+		logs = append(logs, c.grpcLogs()...)
 	}
 	for _, g := range logs {
 		if _, ok := p.cfg.GRPCClusters[g.key.cluster]; !ok {
@@ -334,10 +332,8 @@ func (p *Proxy) pruneLogsLocked(wait bool) {
 				continue
 			}
 			for _, c := range append(slices.Clone(lc.chains), lc.defaultChain) {
-				if c != nil && c.hcm != nil {
-					for _, g := range c.hcm.grpcLogs {
-						used[g.key] = true
-					}
+				for _, g := range c.grpcLogs() {
+					used[g.key] = true
 				}
 			}
 		}

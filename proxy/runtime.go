@@ -318,6 +318,15 @@ func (lr *listenerRuntime) dispatchTLS(c net.Conn, ci *connInfo, lc *listenerCon
 			lr.p.log.Log(context.Background(), level, "downstream TLS handshake failed", "listener", lr.name, "chain", fc.name,
 				"remote", ci.remote, "dst", ci.origDst, "reason", reason, "err", err)
 			_ = c.Close()
+			// Envoy's tcp_proxy exists from accept: it logs the
+			// connection with %DOWNSTREAM_TRANSPORT_FAILURE_REASON%.
+			if fc.tcp != nil {
+				rec := &tcpLogRecord{downstreamFailure: reason}
+				if (*lr.p.clusters.Load())[fc.tcp.cluster] != nil {
+					rec.cluster = fc.tcp.cluster
+				}
+				lr.logTCP(fc, ci, rec)
+			}
 			return
 		}
 		var local *tls.Certificate
@@ -352,6 +361,12 @@ func (fc *filterChain) handshakeTimeout() time.Duration {
 func (lr *listenerRuntime) handOff(dc *downConn, fc *filterChain) {
 	if fc.hcm == nil {
 		go lr.serveTCP(dc, fc)
+		return
+	}
+	// [network RBAC, HCM]: the connection is checked once, before any
+	// request is read; denied, it is closed without an HTTP response.
+	if ok, _ := lr.checkNetRBAC(fc, dc.info); !ok {
+		_ = dc.Conn.Close()
 		return
 	}
 	for {
@@ -426,7 +441,8 @@ func (lr *listenerRuntime) server(prof serverProfile) *profileServer {
 // connInfo is what the proxy knows about a downstream connection.
 type connInfo struct {
 	lr       *listenerRuntime
-	raw      net.Conn // the accepted socket
+	raw      net.Conn  // the accepted socket
+	start    time.Time // accepted
 	remote   netip.AddrPort
 	local    netip.AddrPort // the accepted socket's local address
 	origDst  netip.AddrPort // the original destination
@@ -457,7 +473,7 @@ type chainChoice struct {
 type connKey struct{}
 
 func newConnInfo(lr *listenerRuntime, c net.Conn, lc *listenerConfig) *connInfo {
-	ci := &connInfo{lr: lr, raw: c, remote: unmap(c.RemoteAddr()), local: unmap(c.LocalAddr())}
+	ci := &connInfo{lr: lr, raw: c, start: time.Now(), remote: unmap(c.RemoteAddr()), local: unmap(c.LocalAddr())}
 	ci.origDst = ci.local
 	// With IP_TRANSPARENT (TPROXY, bpf_sk_assign) the accepted socket's
 	// local address is the destination the client dialed.
@@ -493,11 +509,24 @@ func (ci *connInfo) chain(lc *listenerConfig) *filterChain {
 		return cc.chain
 	}
 	fc := lc.selectChain(ci.origDst, ci.remote, ci.hello)
-	if fc != nil && !ci.fits(fc) {
+	if fc != nil && (!ci.fits(fc) || !ci.netRBACAllows(fc)) {
 		fc = nil
 	}
 	ci.cache.Store(&chainChoice{gen: lc.gen, chain: fc})
 	return fc
+}
+
+// netRBACAllows reports whether the network RBAC of fc, a chain the
+// connection moves to after a configuration change, allows it: checked
+// at accept under its first chain, a connection is checked again under
+// a new one (Envoy would drain it and check its successor), so that a
+// revocation applies to its next request.
+func (ci *connInfo) netRBACAllows(fc *filterChain) bool {
+	if fc.netRBAC == nil {
+		return true
+	}
+	ok, _ := fc.netRBAC.rules.evaluate(nil, &requestAttrs{remote: ci.remote, local: ci.origDst, tls: ci.tls})
+	return ok
 }
 
 func (ci *connInfo) fits(fc *filterChain) bool {

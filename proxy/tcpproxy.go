@@ -16,12 +16,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	rbac "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	stdoutlog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -38,8 +41,13 @@ const (
 type tcpProxyConfig struct {
 	statPrefix  string
 	cluster     string
-	idleTimeout time.Duration // 0: none
+	idleTimeout time.Duration    // 0: none
+	accessLog   bool             // the stdout logger
+	grpcLogs    []*grpcLogConfig // tcp_grpc loggers
 }
+
+// logs reports whether the tcp_proxy has an access log.
+func (t *tcpProxyConfig) logs() bool { return t.accessLog || len(t.grpcLogs) > 0 }
 
 // netRBACConfig is a compiled envoy.filters.network.rbac.
 type netRBACConfig struct {
@@ -48,9 +56,7 @@ type netRBACConfig struct {
 }
 
 func compileTCPProxy(path string, t *tcpproxy.TcpProxy) (*tcpProxyConfig, error) {
-	// access_log is refused: the proxy's gRPC logger speaks HTTP entries
-	// only (Envoy's TCP entries come from envoy.access_loggers.tcp_grpc).
-	if err := onlyFields(path, t, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts"); err != nil {
+	if err := onlyFields(path, t, "stat_prefix", "cluster", "idle_timeout", "max_connect_attempts", "access_log"); err != nil {
 		return nil, err
 	}
 	if t.GetStatPrefix() == "" {
@@ -68,6 +74,35 @@ func compileTCPProxy(path string, t *tcpproxy.TcpProxy) (*tcpProxyConfig, error)
 			return nil, fmt.Errorf("%s.idle_timeout: invalid duration", path)
 		}
 		c.idleTimeout = t.GetIdleTimeout().AsDuration() // 0 disables it, as in Envoy
+	}
+	for i, al := range t.GetAccessLog() {
+		ap := fmt.Sprintf("%s.access_log[%d]", path, i)
+		if err := onlyFields(ap, al, "name", "typed_config"); err != nil {
+			return nil, err
+		}
+		// As in Envoy, the typed_config's type selects the logger.
+		switch al.GetTypedConfig().GetTypeUrl() {
+		case typeURLOf(&stdoutlog.StdoutAccessLog{}):
+			var so stdoutlog.StdoutAccessLog
+			if err := unpackAny(ap+".typed_config", al.GetTypedConfig(), &so); err != nil {
+				return nil, err
+			}
+			if err := onlyFields(ap+".typed_config", &so); err != nil {
+				return nil, fmt.Errorf("%s: the proxy writes its own JSON line: %w", ap, err)
+			}
+			c.accessLog = true
+		case typeURLOf(&grpcals.TcpGrpcAccessLogConfig{}):
+			g, err := compileTCPGRPCLog(ap+".typed_config", al.GetTypedConfig())
+			if err != nil {
+				return nil, err
+			}
+			c.grpcLogs = append(c.grpcLogs, g)
+		case "":
+			return nil, fmt.Errorf("%s.typed_config: is required (%s without log_format, %s)", ap, accessLogStdout, accessLogTCPGRPC)
+		default:
+			return nil, fmt.Errorf("%s: access logger %q (%s) is not supported on %s by nodemesh-proxy (%s without log_format, %s)",
+				ap, al.GetName(), al.GetTypedConfig().GetTypeUrl(), filterTCPProxy, accessLogStdout, accessLogTCPGRPC)
+		}
 	}
 	return c, nil
 }
@@ -174,11 +209,46 @@ func (t *tcpConn) close() {
 	})
 }
 
+// checkNetRBAC runs the chain's network RBAC (if any) on a connection,
+// once: it reports whether the connection may go on and, when it may
+// not, Envoy's connection termination details
+// (rbac_access_denied_matched_policy[NAME or none]). The caller closes a
+// denied connection.
+func (lr *listenerRuntime) checkNetRBAC(fc *filterChain, ci *connInfo) (bool, string) {
+	r := fc.netRBAC
+	if r == nil {
+		return true, ""
+	}
+	p := lr.p
+	attrs := requestAttrs{remote: ci.remote, local: ci.origDst, tls: ci.tls}
+	ok, pol := r.rules.evaluate(nil, &attrs)
+	verdict := "allowed"
+	if !ok {
+		verdict = "denied"
+	}
+	p.metrics.netRBAC.WithLabelValues(lr.name, r.statPrefix, verdict).Inc()
+	if ok {
+		return true, ""
+	}
+	if pol == "" {
+		pol = "none"
+	}
+	details := "rbac_access_denied_matched_policy[" + pol + "]"
+	var peer []string
+	if ci.tls != nil {
+		peer = ci.tls.peerURIs
+	}
+	p.log.Debug("network RBAC denied the connection: closed", "listener", lr.name, "chain", fc.name,
+		"remote", ci.remote, "dst", ci.origDst, "peer", peer, "reason", details)
+	return false, details
+}
+
 // serveTCP runs an L4 chain on a connection: network RBAC, then
 // tcp_proxy. The connection keeps the chain it was accepted with until it
 // ends, the chain is removed or changed, or the listener drains (then
 // it is closed after the drain timeout, as Envoy drains the connections
-// of the filter chains an update removes).
+// of the filter chains an update removes). When it ends, the tcp_proxy's
+// access logs get its entry, whatever ended it.
 func (lr *listenerRuntime) serveTCP(dc *downConn, fc *filterChain) {
 	p, ci := lr.p, dc.info
 	tp := fc.tcp
@@ -186,43 +256,33 @@ func (lr *listenerRuntime) serveTCP(dc *downConn, fc *filterChain) {
 	defer p.metrics.downstreamCxActive.WithLabelValues(lr.name).Dec()
 	stats := p.metrics.tcpProxy.MustCurryWith(map[string]string{"listener": lr.name, "stat_prefix": tp.statPrefix})
 	stats.WithLabelValues("downstream_cx_total").Inc()
-	if r := fc.netRBAC; r != nil {
-		attrs := requestAttrs{remote: ci.remote, local: ci.origDst, tls: ci.tls}
-		ok, pol := r.rules.evaluate(nil, &attrs)
-		verdict := "allowed"
-		if !ok {
-			verdict = "denied"
-		}
-		p.metrics.netRBAC.WithLabelValues(lr.name, r.statPrefix, verdict).Inc()
-		if !ok {
-			if pol == "" {
-				pol = "none"
-			}
-			var peer []string
-			if ci.tls != nil {
-				peer = ci.tls.peerURIs
-			}
-			p.log.Debug("network RBAC denied the connection: closed", "listener", lr.name, "chain", fc.name,
-				"remote", ci.remote, "dst", ci.origDst, "peer", peer, "reason", "rbac_access_denied_matched_policy["+pol+"]")
-			_ = dc.Conn.Close()
-			return
-		}
+	rec := &tcpLogRecord{}
+	defer lr.logTCP(fc, ci, rec)
+	if ok, details := lr.checkNetRBAC(fc, ci); !ok {
+		rec.termination = details
+		_ = dc.Conn.Close()
+		return
 	}
 	u := (*p.clusters.Load())[tp.cluster]
 	if u == nil {
 		stats.WithLabelValues("downstream_cx_no_route").Inc()
+		rec.flag = flagNoCluster
 		p.log.Debug("tcp_proxy: no cluster: connection closed", "listener", lr.name, "cluster", tp.cluster, "remote", ci.remote)
 		_ = dc.Conn.Close()
 		return
 	}
-	up, err := lr.dialTCP(u, ci)
+	rec.cluster = u.name
+	up, dst, err := lr.dialTCP(u, ci)
+	rec.upstream = dst
 	if err != nil {
 		p.metrics.connectFailures.WithLabelValues(u.name).Inc()
+		rec.flag, rec.upstreamFailure = flagConnectFailure, err.Error()
 		p.log.Debug("tcp_proxy: upstream connect failed: connection closed", "listener", lr.name, "cluster", u.name,
 			"remote", ci.remote, "dst", ci.origDst, "err", err)
 		_ = dc.Conn.Close()
 		return
 	}
+	rec.upstream, rec.upstreamLocal = unmap(rawOf(up).RemoteAddr()), unmap(rawOf(up).LocalAddr())
 	t := &tcpConn{chain: fc, down: dc.Conn, up: up}
 	t.touch()
 	if !lr.trackTCP(t, true) { // draining
@@ -248,9 +308,11 @@ func (lr *listenerRuntime) serveTCP(dc *downConn, fc *filterChain) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		n := t.pipe(up, dc.Conn, rawOf(up))
+		rec.received = n
 		stats.WithLabelValues("downstream_cx_rx_bytes_total").Add(float64(n))
 	})
 	n := t.pipe(dc.Conn, up, ci.raw)
+	rec.sent = n
 	stats.WithLabelValues("downstream_cx_tx_bytes_total").Add(float64(n))
 	wg.Wait()
 	t.close()
@@ -258,22 +320,24 @@ func (lr *listenerRuntime) serveTCP(dc *downConn, fc *filterChain) {
 
 // dialTCP connects upstream as the HTTP pools do for this connection: the
 // cluster's address choice, the connection's original_src bind, the
-// cluster's socket options and TLS context.
-func (lr *listenerRuntime) dialTCP(u *upstreamCluster, ci *connInfo) (net.Conn, error) {
+// cluster's socket options and TLS context. dst is the address it chose
+// (invalid if none).
+func (lr *listenerRuntime) dialTCP(u *upstreamCluster, ci *connInfo) (c net.Conn, dst netip.AddrPort, err error) {
 	var ct *clientTLS
 	if u.tls != nil {
-		var err error
 		if ct, err = u.tls.current(); err != nil {
-			return nil, err
+			return nil, dst, err
 		}
 	}
-	dst, err := u.pick(nil, ci)
+	d, err := u.pick(nil, ci)
 	if err != nil {
-		return nil, err
+		return nil, dst, err
 	}
+	dst = netip.AddrPortFrom(d.Addr().Unmap(), d.Port())
 	ctx, cancel := context.WithTimeout(context.Background(), u.connectTimeout)
 	defer cancel()
-	return u.dialer(ci.bind, ct, "")(ctx, "tcp", dst.String())
+	c, err = u.dialer(ci.bind, ct, "")(ctx, "tcp", d.String())
+	return c, dst, err
 }
 
 // pipe copies src to dst. At src's end of stream, dst's write side is

@@ -16,9 +16,11 @@ import (
 	"time"
 
 	accesslog "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -38,6 +40,18 @@ func anyPerm() []*rbac.Permission {
 
 func l4Listener(filters ...*listener.Filter) *listener.Listener {
 	return pt.TCPListener("l4", "127.0.0.1", 0, filters)
+}
+
+func tcpGRPCLog(clusterName, logName string) *accesslog.AccessLog {
+	return pt.TCPGRPCAccessLog(clusterName, logName, pt.FlushInterval(20*time.Millisecond))
+}
+
+func tcpGRPCLogConfig(clusterName, logName string) *grpcals.TcpGrpcAccessLogConfig {
+	var c grpcals.TcpGrpcAccessLogConfig
+	if err := tcpGRPCLog(clusterName, logName).GetTypedConfig().UnmarshalTo(&c); err != nil {
+		panic(err)
+	}
+	return &c
 }
 
 func TestTranslateL4Filters(t *testing.T) {
@@ -85,8 +99,34 @@ func TestTranslateL4Filters(t *testing.T) {
 			l: withTCP(func(p *tcpproxy.TcpProxy) { p.HashPolicy = []*typev3.HashPolicy{{}} })},
 		{name: "on_demand", wantErr: "field on_demand not supported",
 			l: withTCP(func(p *tcpproxy.TcpProxy) { p.OnDemand = &tcpproxy.TcpProxy_OnDemand{} })},
-		{name: "access_log", wantErr: "field access_log not supported",
+		{name: "access_log tcp_grpc and stdout", l: withTCP(func(p *tcpproxy.TcpProxy) {
+			p.AccessLog = []*accesslog.AccessLog{tcpGRPCLog("nodemesh-als", "in"), pt.StdoutAccessLog()}
+		})},
+		{name: "access_log http_grpc", wantErr: `typed_config.access_log[0]: access logger "envoy.access_loggers.http_grpc" (type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig) is not supported on envoy.filters.network.tcp_proxy`,
+			l: withTCP(func(p *tcpproxy.TcpProxy) {
+				p.AccessLog = []*accesslog.AccessLog{{Name: accessLogHTTPGRPC, ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: pt.Any(
+					&grpcals.HttpGrpcAccessLogConfig{CommonConfig: tcpGRPCLogConfig("nodemesh-als", "in").CommonConfig})}}}
+			})},
+		{name: "access_log without typed_config", wantErr: `access_log[0].typed_config: is required (envoy.access_loggers.stdout without log_format, envoy.access_loggers.tcp_grpc)`,
 			l: withTCP(func(p *tcpproxy.TcpProxy) { p.AccessLog = []*accesslog.AccessLog{{Name: accessLogHTTPGRPC}} })},
+		{name: "access_log filter", wantErr: "access_log[0]: field filter not supported",
+			l: withTCP(func(p *tcpproxy.TcpProxy) {
+				al := tcpGRPCLog("nodemesh-als", "in")
+				al.Filter = &accesslog.AccessLogFilter{}
+				p.AccessLog = []*accesslog.AccessLog{al}
+			})},
+		{name: "access_log tcp_grpc transport V2", wantErr: "access_log[0].typed_config.common_config.transport_api_version: V2 is not supported",
+			l: withTCP(func(p *tcpproxy.TcpProxy) {
+				al := tcpGRPCLogConfig("nodemesh-als", "in")
+				al.CommonConfig.TransportApiVersion = core.ApiVersion_V2
+				p.AccessLog = []*accesslog.AccessLog{{Name: accessLogTCPGRPC, ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: pt.Any(al)}}}
+			})},
+		{name: "access_log tcp_grpc without log_name", wantErr: "access_log[0].typed_config.common_config.log_name: is required",
+			l: withTCP(func(p *tcpproxy.TcpProxy) { p.AccessLog = []*accesslog.AccessLog{tcpGRPCLog("nodemesh-als", "")} })},
+		{name: "access_log_options", wantErr: "field access_log_options not supported",
+			l: withTCP(func(p *tcpproxy.TcpProxy) {
+				p.AccessLogOptions = &tcpproxy.TcpProxy_TcpAccessLogOptions{AccessLogFlushInterval: durationpb.New(time.Second)}
+			})},
 		{name: "downstream idle", wantErr: "field downstream_idle_timeout not supported",
 			l: withTCP(func(p *tcpproxy.TcpProxy) { p.DownstreamIdleTimeout = durationpb.New(time.Second) })},
 		{name: "no stat_prefix", wantErr: "typed_config.stat_prefix: is required", l: withTCP(func(p *tcpproxy.TcpProxy) { p.StatPrefix = "" })},
@@ -107,8 +147,13 @@ func TestTranslateL4Filters(t *testing.T) {
 			l: l4Listener(pt.TCPProxyFilter("tcp", "c"), pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow))},
 		{name: "rbac alone", wantErr: "envoy.filters.network.rbac is supported only as the first filter before",
 			l: l4Listener(pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow))},
-		{name: "rbac before hcm", wantErr: "filters[1]: envoy.filters.network.http_connection_manager must be the chain's only network filter",
-			l: l4Listener(pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow), pt.HCMFilter(pt.HCM("r", allowAll())))},
+		{name: "rbac before hcm", l: l4Listener(pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow), pt.HCMFilter(pt.HCM("r", allowAll())))},
+		{name: "hcm before rbac", wantErr: "filters[0]: envoy.filters.network.http_connection_manager must be the chain's last network filter",
+			l: l4Listener(pt.HCMFilter(pt.HCM("r", allowAll())), pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow))},
+		{name: "rbac rbac hcm", wantErr: "filters[0]: envoy.filters.network.rbac is supported only as the first filter before",
+			l: l4Listener(pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow), pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow), pt.HCMFilter(pt.HCM("r", allowAll())))},
+		{name: "hcm hcm", wantErr: "filters[0]: envoy.filters.network.http_connection_manager must be the chain's last network filter",
+			l: l4Listener(pt.HCMFilter(pt.HCM("r", allowAll())), pt.HCMFilter(pt.HCM("r", allowAll())))},
 		{name: "no filters", wantErr: "filters: no network filter", l: l4Listener()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -116,6 +161,25 @@ func TestTranslateL4Filters(t *testing.T) {
 			checkErr(t, err, tc.wantErr)
 		})
 	}
+	t.Run("tcp_grpc logger", func(t *testing.T) {
+		lc, err := compileListener(withTCP(func(p *tcpproxy.TcpProxy) {
+			p.AccessLog = []*accesslog.AccessLog{tcpGRPCLog("nodemesh-als", "in")}
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		gl := lc.chains[0].grpcLogs()
+		if len(gl) != 1 || gl[0].key != (grpcLogKey{tcp: true, cluster: "nodemesh-als", logName: "in", flushInterval: 20 * time.Millisecond, bufferBytes: defaultLogBufferBytes}) {
+			t.Fatalf("loggers %+v", gl)
+		}
+		lc, err = compileListener(l4Listener(pt.NetworkRBACFilter("in.", rbac.RBAC_ALLOW, allow), pt.HCMFilter(pt.HCM("r", allowAll()))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := lc.chains[0]; c.netRBAC == nil || c.hcm == nil || c.tcp != nil {
+			t.Fatalf("[rbac, hcm] compiled to %+v", c)
+		}
+	})
 	t.Run("idle_timeout", func(t *testing.T) {
 		for _, c := range []struct {
 			d    *durationpb.Duration

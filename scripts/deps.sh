@@ -11,6 +11,7 @@ packages=(
 	iproute2 procps util-linux     # the virtual cluster: ip netns, sysctl, nsenter, mount
 	iptables          # make bench: the iptables comparison; tests/l7bench: TPROXY
 	haproxy wrk       # tests/l7bench: the L7 proxy comparison and its load generator
+	tcpdump           # tests/e2e: capture the underlay to prove mTLS flows carry no plaintext
 )
 
 missing=()

@@ -1,7 +1,9 @@
 package xds
 
-// The receiving end of the listeners' HTTP gRPC access logs: each entry a
-// proxy streams becomes an L7Event for the agent (meshctl observe).
+// The receiving end of the listeners' gRPC access logs: each HTTP entry a
+// proxy streams becomes an L7Event for the agent (meshctl observe), each
+// TCP entry (tcp_proxy's tcp_grpc logger: one per connection, at its
+// end) a ConnEvent.
 //
 // A proxy opens one StreamAccessLogs stream per access log configuration
 // (here: per direction); only the stream's first message carries the
@@ -11,7 +13,12 @@ package xds
 // dynamic metadata namespace envoy.filters.http.rbac
 // (enforced_engine_result, enforced_effective_policy_id), and a denial's
 // response_code_details reads rbac_access_denied_matched_policy[NAME]
-// (NAME "none" when no policy matched).
+// (NAME "none" when no policy matched). TCP entries carry the network
+// RBAC's denial in connection_termination_details (the same
+// rbac_access_denied_matched_policy[NAME]; Envoy's network RBAC writes no
+// enforced metadata), a refused TLS handshake in
+// downstream_transport_failure_reason, and a failed upstream connect in
+// the response flags (UF).
 
 import (
 	"context"
@@ -31,13 +38,22 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Directions of an L7Event, from the access log's name.
+// Access log names of the mTLS listeners' tcp_proxy (tcp_grpc) loggers;
+// their entries' ConnEvents have the direction of the name. (The HTTP
+// loggers' names are InboundAccessLogName and OutboundAccessLogName.)
+const (
+	InboundMTLSAccessLogName  = "nodemesh-inbound-mtls"
+	OutboundMTLSAccessLogName = "nodemesh-outbound-mtls"
+)
+
+// Directions of an L7Event or ConnEvent, from the access log's name.
 const (
 	DirectionInbound  = "inbound"
 	DirectionOutbound = "outbound"
 )
 
-// Verdicts of the RBAC filter in an L7Event.
+// Verdicts of the RBAC filter in an L7Event; of the connection's
+// admission (TLS handshake and network RBAC) in a ConnEvent.
 const (
 	VerdictAllowed = "allowed"
 	VerdictDenied  = "denied"
@@ -79,22 +95,77 @@ type L7Event struct {
 	Duration time.Duration // until the last byte was sent; 0 if unknown
 }
 
+// Reasons of a ConnEvent that are not a downstream TLS handshake's (those
+// are the proxy's handshake failure reasons, e.g. "svid-expired",
+// "svid-unknown-ca", "handshake-timeout", as it puts them in
+// downstream_transport_failure_reason).
+const (
+	ReasonRBACDenied            = "rbac-denied"             // the network RBAC refused the connection
+	ReasonUpstreamConnectFailed = "upstream-connect-failed" // response flag UF
+	ReasonNoCluster             = "no-cluster"              // response flag NC: the tcp_proxy's cluster does not exist
+)
+
+// ConnEvent is one downstream connection a node's proxy handled on a
+// tcp_proxy chain, as its TCP access log entry (sent when it closed)
+// describes it.
+type ConnEvent struct {
+	Time      time.Time // when the connection was accepted
+	Node      string    // the proxy's node ID
+	Direction string    // DirectionInbound or DirectionOutbound; "" for another log's entries
+	// Source is the client (the downstream peer), Destination the
+	// original destination.
+	Source, Destination netip.AddrPort
+	// Upstream is the upstream host the proxy connected (or tried to
+	// connect) to; zero when it did not get that far.
+	Upstream netip.AddrPort
+	// PeerID is the URI SAN of the client's certificate, LocalID the URI
+	// SAN of the certificate the proxy presented; "" without TLS (or
+	// when the handshake failed).
+	PeerID, LocalID string
+	TLSVersion      string // "TLSv1.2", "TLSv1.3"; "" without TLS
+	// BytesReceived and BytesSent count the downstream connection's bytes
+	// (from and to the client).
+	BytesReceived, BytesSent uint64
+	Duration                 time.Duration // the connection's lifetime; 0 if unknown
+	// Verdict is VerdictDenied when the TLS handshake or the network RBAC
+	// refused the connection, else VerdictAllowed (an upstream failure
+	// is an allowed connection with a Reason).
+	Verdict string
+	// Reason says why the connection did not go through: the downstream
+	// TLS handshake's failure reason, ReasonRBACDenied,
+	// ReasonUpstreamConnectFailed, ReasonNoCluster, or another
+	// connection_termination_details as is; "" when it went through.
+	Reason string
+	// Policy is the network RBAC policy named in a denial (a DENY
+	// policy that matched); "" when none is (Envoy writes no policy for
+	// allowed connections). The filter chain is not in Envoy's entry.
+	Policy string
+	// Details is Envoy's connection_termination_details, e.g.
+	// "rbac_access_denied_matched_policy[none]".
+	Details string
+	// UpstreamFailure is Envoy's upstream_transport_failure_reason.
+	UpstreamFailure string
+}
+
 // AccessLogServer is the agent's end of Envoy's access log service
 // (envoy.service.accesslog.v3.AccessLogService): it turns the HTTP entries
-// proxies stream into L7Events for the function set with OnL7Event. Server
-// registers one on its gRPC server (Server.OnL7Event); TCP entries are
-// ignored.
+// proxies stream into L7Events for the function set with OnL7Event, and
+// the TCP entries into ConnEvents for the one set with OnConnEvent.
+// Server registers one on its gRPC server (Server.OnL7Event,
+// Server.OnConnEvent).
 type AccessLogServer struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 
-	log     *slog.Logger
-	fn      atomic.Pointer[func(L7Event)]
-	streams prometheus.Gauge
-	events  *prometheus.CounterVec
+	log        *slog.Logger
+	fn         atomic.Pointer[func(L7Event)]
+	connFn     atomic.Pointer[func(ConnEvent)]
+	streams    prometheus.Gauge
+	events     *prometheus.CounterVec
+	connEvents *prometheus.CounterVec
 }
 
 // NewAccessLogServer returns a server that drops events until OnL7Event
-// sets a function. Metrics are registered on reg when it is not nil.
+// (OnConnEvent) sets a function. Metrics are registered on reg when it is not nil.
 func NewAccessLogServer(log *slog.Logger, reg prometheus.Registerer) *AccessLogServer {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -105,9 +176,11 @@ func NewAccessLogServer(log *slog.Logger, reg prometheus.Registerer) *AccessLogS
 			Help: "Open access log streams of proxies."}),
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_xds_l7_events_total",
 			Help: "HTTP access log entries received from proxies, by direction and RBAC verdict."}, []string{"direction", "verdict"}),
+		connEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nodemesh_xds_conn_events_total",
+			Help: "TCP access log entries (connections) received from proxies, by direction and verdict."}, []string{"direction", "verdict"}),
 	}
 	if reg != nil {
-		reg.MustRegister(a.streams, a.events)
+		reg.MustRegister(a.streams, a.events, a.connEvents)
 	}
 	return a
 }
@@ -122,6 +195,16 @@ func (a *AccessLogServer) OnL7Event(fn func(L7Event)) {
 		return
 	}
 	a.fn.Store(&fn)
+}
+
+// OnConnEvent sets the function that receives every connection event;
+// nil drops them. It is called as OnL7Event's function is.
+func (a *AccessLogServer) OnConnEvent(fn func(ConnEvent)) {
+	if fn == nil {
+		a.connFn.Store(nil)
+		return
+	}
+	a.connFn.Store(&fn)
 }
 
 // StreamAccessLogs receives one proxy's access log stream.
@@ -169,6 +252,14 @@ func (a *AccessLogServer) receive(stream accesslogv3.AccessLogService_StreamAcce
 				(*fn)(ev)
 			}
 		}
+		connFn := a.connFn.Load()
+		for _, e := range msg.GetTcpLogs().GetLogEntry() {
+			ev := DecodeConnEvent(id.GetNode().GetId(), id.GetLogName(), e)
+			a.connEvents.WithLabelValues(ev.Direction, ev.Verdict).Inc()
+			if connFn != nil {
+				(*connFn)(ev)
+			}
+		}
 	}
 }
 
@@ -200,12 +291,7 @@ func DecodeL7Event(node, logName string, e *accesslogdatav3.HTTPAccessLogEntry) 
 		Status:    int(e.GetResponse().GetResponseCode().GetValue()),
 		Details:   e.GetResponse().GetResponseCodeDetails(),
 	}
-	switch logName {
-	case InboundAccessLogName:
-		ev.Direction = DirectionInbound
-	case OutboundAccessLogName:
-		ev.Direction = DirectionOutbound
-	}
+	ev.Direction = logDirection(logName)
 	if c.GetStartTime() != nil {
 		ev.Time = c.GetStartTime().AsTime()
 	}
@@ -245,6 +331,85 @@ func DecodeL7Event(node, logName string, e *accesslogdatav3.HTTPAccessLogEntry) 
 		}
 	}
 	return ev
+}
+
+// logDirection is the direction of a log's entries, from its name.
+func logDirection(logName string) string {
+	switch logName {
+	case InboundAccessLogName, InboundMTLSAccessLogName:
+		return DirectionInbound
+	case OutboundAccessLogName, OutboundMTLSAccessLogName:
+		return DirectionOutbound
+	}
+	return ""
+}
+
+// DecodeConnEvent turns a TCP access log entry of the log logName of
+// node's proxy into an event.
+func DecodeConnEvent(node, logName string, e *accesslogdatav3.TCPAccessLogEntry) ConnEvent {
+	c := e.GetCommonProperties()
+	ev := ConnEvent{
+		Node:            node,
+		Direction:       logDirection(logName),
+		Source:          addrPort(c.GetDownstreamRemoteAddress()),
+		Destination:     addrPort(c.GetDownstreamLocalAddress()),
+		Upstream:        addrPort(c.GetUpstreamRemoteAddress()),
+		BytesReceived:   e.GetConnectionProperties().GetReceivedBytes(),
+		BytesSent:       e.GetConnectionProperties().GetSentBytes(),
+		Verdict:         VerdictAllowed,
+		Details:         c.GetConnectionTerminationDetails(),
+		UpstreamFailure: c.GetUpstreamTransportFailureReason(),
+	}
+	if c.GetStartTime() != nil {
+		ev.Time = c.GetStartTime().AsTime()
+	}
+	switch {
+	case c.GetDuration() != nil:
+		ev.Duration = c.GetDuration().AsDuration()
+	case c.GetTimeToLastDownstreamTxByte() != nil:
+		ev.Duration = c.GetTimeToLastDownstreamTxByte().AsDuration()
+	}
+	if tp := c.GetTlsProperties(); tp != nil {
+		ev.PeerID = uriSAN(tp.GetPeerCertificateProperties())
+		ev.LocalID = uriSAN(tp.GetLocalCertificateProperties())
+		switch tp.GetTlsVersion() {
+		case accesslogdatav3.TLSProperties_TLSv1:
+			ev.TLSVersion = "TLSv1"
+		case accesslogdatav3.TLSProperties_TLSv1_1:
+			ev.TLSVersion = "TLSv1.1"
+		case accesslogdatav3.TLSProperties_TLSv1_2:
+			ev.TLSVersion = "TLSv1.2"
+		case accesslogdatav3.TLSProperties_TLSv1_3:
+			ev.TLSVersion = "TLSv1.3"
+		}
+	}
+	flags := c.GetResponseFlags()
+	switch {
+	case c.GetDownstreamTransportFailureReason() != "":
+		ev.Verdict, ev.Reason = VerdictDenied, c.GetDownstreamTransportFailureReason()
+	case strings.HasPrefix(ev.Details, rbacDeniedDetailPrefix) && strings.HasSuffix(ev.Details, "]"):
+		ev.Verdict, ev.Reason = VerdictDenied, ReasonRBACDenied
+		if p := strings.TrimSuffix(strings.TrimPrefix(ev.Details, rbacDeniedDetailPrefix), "]"); p != "none" {
+			ev.Policy = p
+		}
+	case ev.Details != "":
+		ev.Reason = ev.Details
+	case flags.GetUpstreamConnectionFailure():
+		ev.Reason = ReasonUpstreamConnectFailed
+	case flags.GetNoClusterFound():
+		ev.Reason = ReasonNoCluster
+	}
+	return ev
+}
+
+// uriSAN is the first URI SAN of a certificate's properties.
+func uriSAN(p *accesslogdatav3.TLSProperties_CertificateProperties) string {
+	for _, s := range p.GetSubjectAltName() {
+		if u := s.GetUri(); u != "" {
+			return u
+		}
+	}
+	return ""
 }
 
 // addrPort is the IP socket address a, zero for anything else.

@@ -5,11 +5,15 @@ import (
 	"strings"
 	"time"
 
+	udpa "github.com/cncf/xds/go/udpa/annotations"
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -29,6 +33,10 @@ var dumpTypes = map[string]resource.Type{
 // server serves, when that version was set (last_updated), and the proxy's
 // answer: client_status ACKED or NACKED, and on a NACK newer than the last
 // ACK, error_state with the proxy's error_detail.
+//
+// Key material never appears in the dump, as in Envoy's: every resource,
+// wherever it is shown (the active state and an error_state's
+// failed_configuration alike), is redacted first (see Redact).
 func (s *Server) ConfigDump(node, typ string) ([]byte, error) {
 	want := ResourceTypes
 	if typ != "" && typ != "all" {
@@ -119,7 +127,7 @@ func dumpSection(t resource.Type, r *Resources, ts TypeStatus) (proto.Message, e
 	st := stateOf(r, t, ts)
 	var items []*anypb.Any
 	for _, res := range r.ByType(t) {
-		items = append(items, typed(res))
+		items = append(items, typed(Redact(res)))
 	}
 	name := func(i int) string { return cache.GetResourceName(r.ByType(t)[i]) }
 	failed := func(a *anypb.Any) *adminv3.UpdateFailureState {
@@ -161,8 +169,7 @@ func dumpSection(t resource.Type, r *Resources, ts TypeStatus) (proto.Message, e
 		}
 		return d, nil
 	case resource.SecretType:
-		// Secrets (SDS, issue 5) will be dumped with their private keys
-		// redacted, as Envoy does.
+		// Secrets hold the SVIDs' private keys: items are redacted.
 		d := &adminv3.SecretsConfigDump{}
 		for i, a := range items {
 			d.DynamicActiveSecrets = append(d.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
@@ -172,4 +179,184 @@ func dumpSection(t resource.Type, r *Resources, ts TypeStatus) (proto.Message, e
 		return d, nil
 	}
 	return nil, fmt.Errorf("unknown resource type %s", t)
+}
+
+// Redacted replaces key material in dumped resources, as in Envoy's admin
+// output.
+const Redacted = "[redacted]"
+
+// Redact returns a copy of m, an xDS resource, fit to be shown: the key
+// material of SDS secrets replaced as Envoy's secret manager does in its
+// config_dump (a tls_certificate's private_key, password and pkcs12, a
+// session ticket key, a generic secret: inline_string "[redacted]", unless
+// the data source is a file name), and then, as Envoy's config_dump does
+// for every resource, every field annotated udpa.annotations.sensitive
+// (and everything below one) redacted: strings and bytes become
+// "[redacted]", other values are cleared, and data sources are redacted as
+// secrets' are (a TLS context's inline key in a listener or cluster). Resources packed in Any fields
+// (typed_config) are unpacked, redacted and packed again; an Any of an
+// unknown type under a sensitive field is emptied. m itself is not
+// changed.
+func Redact(m proto.Message) proto.Message {
+	if m == nil {
+		return nil
+	}
+	m = proto.Clone(m)
+	if s, ok := m.(*tlsv3.Secret); ok {
+		redactSecret(s)
+	}
+	redactSensitive(m.ProtoReflect(), false)
+	return m
+}
+
+// redactSecret is Envoy's redaction of dumped SDS secrets
+// (source/common/secret/secret_manager_impl.cc, redactSecret), with pkcs12
+// added: a PKCS#12 bundle holds the key too.
+func redactSecret(s *tlsv3.Secret) {
+	switch t := s.GetType().(type) {
+	case *tlsv3.Secret_TlsCertificate:
+		c := t.TlsCertificate
+		redactDataSource(c.GetPrivateKey())
+		redactDataSource(c.GetPassword())
+		redactDataSource(c.GetPkcs12())
+	case *tlsv3.Secret_SessionTicketKeys:
+		for _, k := range t.SessionTicketKeys.GetKeys() {
+			redactDataSource(k)
+		}
+	case *tlsv3.Secret_GenericSecret:
+		redactDataSource(t.GenericSecret.GetSecret())
+		for _, v := range t.GenericSecret.GetSecrets() {
+			redactDataSource(v)
+		}
+	}
+}
+
+func redactDataSource(d *corev3.DataSource) {
+	if d == nil {
+		return
+	}
+	if _, file := d.GetSpecifier().(*corev3.DataSource_Filename); file {
+		return
+	}
+	d.Specifier = &corev3.DataSource_InlineString{InlineString: Redacted}
+}
+
+var (
+	anyName        = (&anypb.Any{}).ProtoReflect().Descriptor().FullName()
+	dataSourceName = (&corev3.DataSource{}).ProtoReflect().Descriptor().FullName()
+)
+
+// redactSensitive is Envoy's MessageUtil::redact: below a field annotated
+// sensitive, strings and bytes become "[redacted]" and other scalars are
+// cleared; except that a sensitive data source is redacted as the secret
+// manager does (inline_string "[redacted]", a file name kept), so that
+// every redacted key reads the same.
+func redactSensitive(m protoreflect.Message, sensitive bool) {
+	switch m.Descriptor().FullName() {
+	case anyName:
+		redactAny(m, sensitive)
+		return
+	case dataSourceName:
+		if ds, ok := m.Interface().(*corev3.DataSource); ok && sensitive {
+			redactDataSource(ds) // as the secret manager does: inline_string, file names kept
+			return
+		}
+	}
+	var fields []protoreflect.FieldDescriptor
+	m.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		fields = append(fields, fd)
+		return true
+	})
+	for _, fd := range fields {
+		s := sensitive || isSensitive(fd)
+		switch {
+		case fd.IsMap():
+			mp := m.Mutable(fd).Map()
+			if fd.MapValue().Message() != nil {
+				mp.Range(func(_ protoreflect.MapKey, v protoreflect.Value) bool {
+					redactSensitive(v.Message(), s)
+					return true
+				})
+			} else if s {
+				var keys []protoreflect.MapKey
+				mp.Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
+					keys = append(keys, k)
+					return true
+				})
+				for _, k := range keys {
+					if v, ok := redactedScalar(fd.MapValue()); ok {
+						mp.Set(k, v)
+					} else {
+						mp.Clear(k)
+					}
+				}
+			}
+		case fd.IsList():
+			l := m.Mutable(fd).List()
+			if fd.Message() != nil {
+				for i := 0; i < l.Len(); i++ {
+					redactSensitive(l.Get(i).Message(), s)
+				}
+			} else if s {
+				if v, ok := redactedScalar(fd); ok {
+					for i := 0; i < l.Len(); i++ {
+						l.Set(i, v)
+					}
+				} else {
+					m.Clear(fd)
+				}
+			}
+		case fd.Message() != nil:
+			redactSensitive(m.Mutable(fd).Message(), s)
+		case s:
+			if v, ok := redactedScalar(fd); ok {
+				m.Set(fd, v)
+			} else {
+				m.Clear(fd)
+			}
+		}
+	}
+}
+
+func isSensitive(fd protoreflect.FieldDescriptor) bool {
+	opts := fd.Options()
+	if opts == nil {
+		return false
+	}
+	b, _ := proto.GetExtension(opts, udpa.E_Sensitive).(bool)
+	return b
+}
+
+// redactedScalar is "[redacted]" for a string or bytes field.
+func redactedScalar(fd protoreflect.FieldDescriptor) (protoreflect.Value, bool) {
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(Redacted), true
+	case protoreflect.BytesKind:
+		return protoreflect.ValueOfBytes([]byte(Redacted)), true
+	}
+	return protoreflect.Value{}, false
+}
+
+// redactAny redacts the message an Any packs. One that cannot be unpacked
+// is kept, unless it is sensitive: then its contents are dropped.
+func redactAny(m protoreflect.Message, sensitive bool) {
+	a, ok := m.Interface().(*anypb.Any)
+	if !ok {
+		return
+	}
+	inner, err := a.UnmarshalNew()
+	if err != nil {
+		if sensitive {
+			a.Value = nil
+		}
+		return
+	}
+	redactSensitive(inner.ProtoReflect(), sensitive)
+	b, err := deterministic.Marshal(inner)
+	if err != nil {
+		a.Value = nil
+		return
+	}
+	a.Value = b
 }

@@ -27,12 +27,6 @@ const (
 	OutboundMTLSListenerName = "nodemesh-outbound-mtls"
 )
 
-// Log names of the mTLS listeners' connection entries (tcp_grpc).
-const (
-	inboundMTLSLogName  = "nodemesh-inbound-mtls"
-	outboundMTLSLogName = "nodemesh-outbound-mtls"
-)
-
 // mtlsPlan is what Build derives from Input.MTLS once.
 type mtlsPlan struct {
 	in *MTLSInput
@@ -74,7 +68,7 @@ func (p *mtlsPlan) build(r *Resources, cfg Config, eps []Endpoint) error {
 			continue
 		}
 		v6 := slices.ContainsFunc(ep.Addrs, netip.Addr.Is6)
-		c := InboundChain{Key: ep.Key, Addrs: ep.Addrs, ID: ep.ID, Peers: p.peers, LogName: inboundMTLSLogName}
+		c := InboundChain{Key: ep.Key, Addrs: ep.Addrs, ID: ep.ID, Peers: p.peers, LogName: InboundMTLSAccessLogName}
 		if p.ready[ep.Key] {
 			ids[ep.ID] = true
 			inChains = append(inChains, InboundMTLSFilterChain(c))
@@ -86,6 +80,14 @@ func (p *mtlsPlan) build(r *Resources, cfg Config, eps []Endpoint) error {
 		// an SVID yet, mTLS too: its ALPN falls back to the TLS chain).
 		strict := ep.Mode == MTLSStrict
 		inChains = append(inChains, InboundPlaintextFilterChain(c, "raw_buffer", strict), InboundPlaintextFilterChain(c, "tls", strict))
+		if !p.ready[ep.Key] && !strict {
+			// No SVID yet: a peer proxy's mTLS is refused, not passed
+			// on to the pod as if it were the application's TLS.
+			nr := InboundPlaintextFilterChain(c, "tls", true)
+			nr.Name = "inbound-not-ready|" + ep.Key + "|" + portLabel(0)
+			nr.FilterChainMatch.ApplicationProtocols = []string{MTLSALPN}
+			inChains = append(inChains, nr)
+		}
 		inV6 = inV6 || v6
 	}
 	if len(inChains) > 0 {
@@ -141,7 +143,7 @@ func outboundMTLSChain(ep Endpoint, cfg Config) *listenerv3.FilterChain {
 	return &listenerv3.FilterChain{
 		Name:             "outbound-mtls|" + ep.Key,
 		FilterChainMatch: m,
-		Filters:          []*listenerv3.Filter{tcpProxyFilter("nodemesh_outbound_mtls", OutboundMTLSClusterName(ep.ID), outboundMTLSLogName)},
+		Filters:          []*listenerv3.Filter{tcpProxyFilter("nodemesh_outbound_mtls", OutboundMTLSClusterName(ep.ID), OutboundMTLSAccessLogName)},
 	}
 }
 
@@ -185,7 +187,7 @@ func strictRefusal(ep Endpoint, c *listenerv3.FilterChain, remote []netip.Prefix
 	return &listenerv3.FilterChain{
 		Name:             "strict-refuse|" + c.GetName(),
 		FilterChainMatch: m,
-		Filters:          []*listenerv3.Filter{refuseFilter(), tcpProxyFilter("nodemesh_inbound_plaintext", InboundClusterName, inboundMTLSLogName)},
+		Filters:          []*listenerv3.Filter{refuseFilter(), tcpProxyFilter("nodemesh_inbound_plaintext", InboundClusterName, InboundMTLSAccessLogName)},
 	}
 }
 

@@ -72,6 +72,8 @@ func NewServer(log *slog.Logger, reg prometheus.Registerer) *Server {
 // may be called before or after Serve.
 func (s *Server) OnL7Event(fn func(L7Event)) { s.als.OnL7Event(fn) }
 
+func (s *Server) OnConnEvent(fn func(ConnEvent)) { s.als.OnConnEvent(fn) }
+
 // SetNode builds the configuration of node's proxy from in and serves it;
 // it returns the version to wait for (WaitAcked). Setting the same contents
 // again changes nothing.

@@ -20,6 +20,8 @@ type Datapath struct {
 	ProxyPorts map[uint32]bpf.ProxyPorts // the proxy ports of each policy's last SetPolicy
 	EPs        map[netip.Addr]uint32
 	Idents     map[netip.Addr]identity.NumericIdentity
+	EPFlags    map[netip.Addr]bpf.EndpointFlags // mTLS flags of each endpoint's last SetEndpoint
+	MTLSPorts  [2]uint16                        // inbound, outbound of the last SetMTLSPorts
 	IPCache    []policy.IPCacheEntry
 	Attached   map[string]bool
 	EventsIn   chan agent.FlowEvent
@@ -28,7 +30,7 @@ type Datapath struct {
 
 // NewDatapath returns an empty fake.
 func NewDatapath() *Datapath {
-	return &Datapath{Policies: map[uint32]*policy.Table{}, ProxyPorts: map[uint32]bpf.ProxyPorts{}, EPs: map[netip.Addr]uint32{}, Idents: map[netip.Addr]identity.NumericIdentity{},
+	return &Datapath{Policies: map[uint32]*policy.Table{}, ProxyPorts: map[uint32]bpf.ProxyPorts{}, EPs: map[netip.Addr]uint32{}, Idents: map[netip.Addr]identity.NumericIdentity{}, EPFlags: map[netip.Addr]bpf.EndpointFlags{},
 		Attached: map[string]bool{}, EventsIn: make(chan agent.FlowEvent, 16), FailAttach: map[string]error{}}
 }
 
@@ -64,12 +66,28 @@ func (d *Datapath) Detach(ifname string) error {
 	return nil
 }
 
-func (d *Datapath) SetEndpoint(addr netip.Addr, id, ifindex uint32, ident identity.NumericIdentity, _ bpf.EndpointFlags) error {
+func (d *Datapath) SetEndpoint(addr netip.Addr, id, ifindex uint32, ident identity.NumericIdentity, flags bpf.EndpointFlags) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.call("SetEndpoint %s", addr)
-	d.EPs[addr], d.Idents[addr] = id, ident
+	d.EPs[addr], d.Idents[addr], d.EPFlags[addr] = id, ident, flags
 	return nil
+}
+
+// SetMTLSPorts implements agent.Datapath.
+func (d *Datapath) SetMTLSPorts(in, out uint16) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.call("SetMTLSPorts %d %d", in, out)
+	d.MTLSPorts = [2]uint16{in, out}
+	return nil
+}
+
+// Flags returns the mTLS flags last set for the endpoint at addr.
+func (d *Datapath) Flags(addr netip.Addr) bpf.EndpointFlags {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.EPFlags[addr]
 }
 
 func (d *Datapath) DeleteEndpoint(addr netip.Addr) error {

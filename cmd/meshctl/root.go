@@ -86,6 +86,8 @@ on standard output then; the problems are on standard error).`,
 		return fmt.Errorf("%s: %w\nRun '%s --help' for usage.", c.CommandPath(), err, c.CommandPath())
 	})
 	root.AddCommand(newVersionCmd(), newPolicyCmd(), newStatusCmd(), newEndpointsCmd(), newObserveCmd(), newEnvoyCmd())
+	root.AddCommand(newIdentitiesCmd(), newCertsCmd())
+	root.AddCommand(newCACmd())
 	return root
 }
 

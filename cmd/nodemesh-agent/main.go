@@ -10,11 +10,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/nodemesh/nodemesh/agent"
 	"github.com/nodemesh/nodemesh/bpf"
+	"github.com/nodemesh/nodemesh/certs"
+	"github.com/nodemesh/nodemesh/certs/caserver"
+	"github.com/nodemesh/nodemesh/certs/spire"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -32,6 +36,8 @@ func newCmd() *cobra.Command {
 	var debug bool
 	var hook string
 	var splicePods, spliceProxy string
+	var svidCfg certs.ManagerConfig
+	var spireCfg spire.Config
 	c := &cobra.Command{
 		Use:   "nodemesh-agent --node-name NODE --world PATH --policies PATH",
 		Short: "Enforce Nodemesh policy for the pods of one node",
@@ -85,17 +91,55 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 			if err != nil {
 				return err
 			}
+			if err := setIdentities(a, cfg, spireCfg, svidCfg, log); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return a.Run(ctx)
 		},
 	}
 	cfg.BindFlags(c.Flags())
+	svidCfg.BindFlags(c.Flags())
+	spireCfg.BindFlags(c.Flags())
 	c.Flags().BoolVar(&debug, "debug", false, "log at debug level")
 	c.Flags().StringVar(&splicePods, "splice-pods-cgroup", "", "cgroup v2 directory holding this node's pods: splice their sockets with the node proxy's (sockmap; off by default, see docs/ARCHITECTURE.md for what it changes for pods)")
 	c.Flags().StringVar(&spliceProxy, "splice-proxy-cgroup", "", "cgroup v2 directory of the node proxy, with --splice-pods-cgroup")
 	c.Flags().StringVar(&hook, "bpf-hook", "", "attach the programs with tcx links or tc clsact filters: tcx, tc, or empty for tcx where the kernel has it (6.6+) and tc otherwise")
 	return c
+}
+
+// setIdentities gives the agent its source of workload SVIDs. With
+// --mtls-mode disabled there is none, so namespace labels cannot turn mTLS
+// on. The source connects lazily: an unreachable CA or SPIRE agent delays
+// the SVIDs (pods stay plaintext in permissive mode, fail closed in
+// strict), it does not stop the agent.
+func setIdentities(a *agent.Agent, cfg agent.Config, spireCfg spire.Config, svidCfg certs.ManagerConfig, log *slog.Logger) error {
+	if cfg.MTLSMode == "disabled" {
+		log.Info("mTLS between node proxies disabled (--mtls-mode disabled); namespace labels cannot turn it on")
+		return nil
+	}
+	switch cfg.IdentitySource {
+	case "spire":
+		spireCfg.Logger = log.With("component", "spire")
+		src, err := spire.New(spireCfg)
+		if err != nil {
+			return err
+		}
+		a.SetIdentities(src, nil)
+		log.Info("workload identities from SPIRE", "socket", spireCfg.Addr)
+	default:
+		svidCfg.NodeName, svidCfg.TrustDomain = cfg.NodeName, cfg.TrustDomain
+		svidCfg.Logger = log.With("component", "svids")
+		client := caserver.NewClient(cfg.CASocket, caserver.WithLogger(log.With("component", "ca-client")), caserver.WithBackoff(200*time.Millisecond, 5*time.Second))
+		m, err := certs.NewManager(svidCfg, client)
+		if err != nil {
+			return err
+		}
+		a.SetIdentities(m, m)
+		log.Info("workload identities from the built-in CA", "socket", cfg.CASocket, "trust-domain", cfg.TrustDomain)
+	}
+	return nil
 }
 
 // openSplice attaches the sockmap splice between the pods' sockets and the

@@ -14,8 +14,8 @@ import (
 )
 
 // AccessLogServer is an access log service (envoy.service.accesslog.v3)
-// on a unix socket that records every HTTP entry with the identifier of
-// its stream.
+// on a unix socket that records every HTTP and TCP entry with the
+// identifier of its stream.
 type AccessLogServer struct {
 	accesslogsvc.UnimplementedAccessLogServiceServer
 	Socket string
@@ -29,10 +29,12 @@ type AccessLogServer struct {
 	srv     *grpc.Server
 }
 
-// LoggedEntry is one received entry and its stream's identifier.
+// LoggedEntry is one received entry and its stream's identifier: Entry
+// for an HTTP entry, TCP for a TCP one.
 type LoggedEntry struct {
 	Node, LogName string
 	Entry         *accesslogdata.HTTPAccessLogEntry
+	TCP           *accesslogdata.TCPAccessLogEntry
 }
 
 // StartAccessLog serves the access log service on dir/name until the test
@@ -126,6 +128,9 @@ func (a *AccessLogServer) StreamAccessLogs(s accesslogsvc.AccessLogService_Strea
 		for _, e := range msg.GetHttpLogs().GetLogEntry() {
 			a.entries = append(a.entries, LoggedEntry{Node: node, LogName: logName, Entry: proto.Clone(e).(*accesslogdata.HTTPAccessLogEntry)})
 		}
+		for _, e := range msg.GetTcpLogs().GetLogEntry() {
+			a.entries = append(a.entries, LoggedEntry{Node: node, LogName: logName, TCP: proto.Clone(e).(*accesslogdata.TCPAccessLogEntry)})
+		}
 		close(a.notify)
 		a.notify = make(chan struct{})
 		a.mu.Unlock()
@@ -170,7 +175,15 @@ func (a *AccessLogServer) WaitEntry(timeout time.Duration, match func(LoggedEntr
 	}
 }
 
-// Path matches an entry by its request path.
+// Path matches an HTTP entry by its request path.
 func Path(p string) func(LoggedEntry) bool {
-	return func(e LoggedEntry) bool { return e.Entry.GetRequest().GetPath() == p }
+	return func(e LoggedEntry) bool { return e.Entry != nil && e.Entry.GetRequest().GetPath() == p }
+}
+
+// TCPFrom matches a TCP entry by its downstream remote port (the
+// client's source port).
+func TCPFrom(port uint32) func(LoggedEntry) bool {
+	return func(e LoggedEntry) bool {
+		return e.TCP != nil && e.TCP.GetCommonProperties().GetDownstreamRemoteAddress().GetSocketAddress().GetPortValue() == port
+	}
 }

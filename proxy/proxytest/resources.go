@@ -108,6 +108,36 @@ func WithGRPCAccessLog(clusterName, logName string, tweaks ...func(*grpcals.Comm
 	}
 }
 
+// TCPGRPCAccessLog is an envoy.access_loggers.tcp_grpc logger for a
+// tcp_proxy's access_log, sending to the static cluster clusterName under
+// logName; tweaks edit its common_config.
+func TCPGRPCAccessLog(clusterName, logName string, tweaks ...func(*grpcals.CommonGrpcAccessLogConfig)) *accesslog.AccessLog {
+	cc := &grpcals.CommonGrpcAccessLogConfig{
+		LogName: logName,
+		GrpcService: &core.GrpcService{TargetSpecifier: &core.GrpcService_EnvoyGrpc_{
+			EnvoyGrpc: &core.GrpcService_EnvoyGrpc{ClusterName: clusterName}}},
+		TransportApiVersion: core.ApiVersion_V3,
+	}
+	for _, t := range tweaks {
+		t(cc)
+	}
+	return &accesslog.AccessLog{Name: "envoy.access_loggers.tcp_grpc",
+		ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: Any(&grpcals.TcpGrpcAccessLogConfig{CommonConfig: cc})}}
+}
+
+// WithTCPAccessLogs adds access loggers to a tcp_proxy (TCPProxyFilter's
+// tweak).
+func WithTCPAccessLogs(logs ...*accesslog.AccessLog) func(*tcpproxy.TcpProxy) {
+	return func(t *tcpproxy.TcpProxy) { t.AccessLog = append(t.AccessLog, logs...) }
+}
+
+// StdoutAccessLog is the envoy.access_loggers.stdout logger without
+// log_format.
+func StdoutAccessLog() *accesslog.AccessLog {
+	return &accesslog.AccessLog{Name: "envoy.access_loggers.stdout",
+		ConfigType: &accesslog.AccessLog_TypedConfig{TypedConfig: Any(&stdoutlog.StdoutAccessLog{})}}
+}
+
 // FlushInterval sets a gRPC access log's buffer_flush_interval.
 func FlushInterval(d time.Duration) func(*grpcals.CommonGrpcAccessLogConfig) {
 	return func(c *grpcals.CommonGrpcAccessLogConfig) { c.BufferFlushInterval = durationpb.New(d) }

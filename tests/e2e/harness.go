@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nodemesh/nodemesh/agent"
+	"github.com/nodemesh/nodemesh/certs/caserver"
 	"github.com/nodemesh/nodemesh/tests/podtool"
 	"github.com/nodemesh/nodemesh/tests/vcluster"
 )
@@ -28,6 +30,11 @@ type Options struct {
 	Serve []string
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+	// MTLS is the agents' --mtls-mode; with a mode, a built-in CA
+	// (nodemesh-ca, CAArgs added to its flags) serves them SVIDs. Empty:
+	// disabled, and no CA.
+	MTLS   string
+	CAArgs []string
 }
 
 // Harness is a running virtual cluster with an agent per node.
@@ -37,6 +44,10 @@ type Harness struct {
 	Podtool  string
 	agentBin string
 	log      io.Writer
+
+	mtls   string
+	caArgs []string
+	ca     *vcluster.Process
 
 	mu      sync.Mutex
 	agents  map[string]*vcluster.Process
@@ -62,7 +73,7 @@ func AgentBinary() (string, error) {
 			build.err = fmt.Errorf("go env GOMOD: %w", err)
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", build.dir+"/", "./cmd/nodemesh-agent", "./cmd/meshctl", "./cmd/nodemesh-proxy")
+		cmd := exec.Command("go", "build", "-o", build.dir+"/", "./cmd/nodemesh-agent", "./cmd/meshctl", "./cmd/nodemesh-proxy", "./cmd/nodemesh-ca")
 		cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 		if b, err := cmd.CombinedOutput(); err != nil {
 			build.err = fmt.Errorf("build nodemesh-agent and meshctl: %w: %s", err, b)
@@ -138,7 +149,7 @@ func (h *Harness) logf(format string, args ...any) {
 // Start creates the cluster, starts a server in every pod and an agent on
 // every node, and waits until every agent enforces every local pod.
 func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
-	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}, proxies: map[string]*vcluster.Process{}}
+	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}, proxies: map[string]*vcluster.Process{}, mtls: opts.MTLS, caArgs: opts.CAArgs}
 	if h.agentBin, err = AgentBinary(); err != nil {
 		return nil, err
 	}
@@ -184,6 +195,11 @@ func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
 	if err := h.WriteWorld(); err != nil {
 		return nil, err
 	}
+	if h.mtls != "" {
+		if err := h.startCA(ctx); err != nil {
+			return nil, err
+		}
+	}
 	for _, n := range h.C.Nodes() {
 		if err := h.StartAgent(ctx, n.Name); err != nil {
 			return nil, err
@@ -205,6 +221,49 @@ func writeAtomic(path string, data []byte) error {
 	return os.Rename(tmp, path)
 }
 
+// CADir is the socket directory of the built-in CA (Options.MTLS).
+func (h *Harness) CADir() string { return filepath.Join(h.Dir, "ca") }
+
+// startCA starts nodemesh-ca (in the first node's network namespace; it
+// serves unix sockets only) and waits for every node's socket.
+func (h *Harness) startCA(ctx context.Context) error {
+	bin := filepath.Join(filepath.Dir(h.agentBin), "nodemesh-ca")
+	args := append([]string{bin, "--world", filepath.Join(h.Dir, "world.yaml"), "--socket-dir", h.CADir(), "--resync", "1s"}, h.caArgs...)
+	p, err := h.C.Nodes()[0].Start(context.Background(), args...)
+	if err != nil {
+		return err
+	}
+	h.ca = p
+	h.logf("nodemesh-ca: started (pid %d), waiting for the nodes' sockets", p.Pid())
+	deadline := time.Now().Add(20 * time.Second)
+	for _, n := range h.C.Nodes() {
+		for {
+			if _, err := os.Stat(caserver.NodeSocket(h.CADir(), n.Name)); err == nil {
+				break
+			}
+			select {
+			case <-p.Done():
+				return fmt.Errorf("nodemesh-ca exited: %v\n%s", p.Wait(), p.Stderr())
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("nodemesh-ca: no socket for node %s after 20s\n%s", n.Name, p.Stderr())
+			}
+		}
+	}
+	return nil
+}
+
+// CAStderr is what nodemesh-ca logged so far.
+func (h *Harness) CAStderr() string {
+	if h.ca == nil {
+		return ""
+	}
+	return h.ca.Stderr()
+}
+
 // Socket is the API socket of a node's agent.
 func (h *Harness) Socket(node string) string { return filepath.Join(h.Dir, "run", node, "agent.sock") }
 
@@ -224,7 +283,8 @@ func (h *Harness) StartAgent(ctx context.Context, node string) error {
 	proc, err := n.Start(context.Background(), h.agentBin, "--node-name", node,
 		"--world", filepath.Join(h.Dir, "world.yaml"), "--policies", filepath.Join(h.Dir, "policies"),
 		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:"+h.MetricsSocket(node),
-		"--xds-socket", h.XDSSocket(node), "--resync", "1s")
+		"--xds-socket", h.XDSSocket(node), "--resync", "1s", "--mtls-mode", cmp.Or(h.mtls, "disabled"),
+		"--ca-socket", caserver.NodeSocket(h.CADir(), node), "--svid-retry-min", "200ms", "--svid-retry-max", "2s")
 	if err != nil {
 		return err
 	}

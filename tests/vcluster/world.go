@@ -73,14 +73,27 @@ type (
 	}
 )
 
+// SetNamespaceLabels replaces the labels of namespace ns in WorldYAML (as
+// kubectl label would; the agents see it once the world is written).
+func (c *Cluster) SetNamespaceLabels(ns string, labels map[string]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nsLabels == nil {
+		c.nsLabels = map[string]map[string]string{}
+	}
+	c.nsLabels[ns] = maps.Clone(labels)
+}
+
 // WorldYAML is the cluster as a Kubernetes v1 List of Namespaces, Nodes and
 // Pods: what api.LoadWorld and `meshctl policy check --world` read.
 func (c *Cluster) WorldYAML() []byte {
 	pods := c.Pods()
 	nsLabels := map[string]map[string]string{}
+	c.mu.Lock()
 	for ns, l := range c.nsLabels {
 		nsLabels[ns] = l
 	}
+	c.mu.Unlock()
 	for _, p := range pods {
 		if _, ok := nsLabels[p.Namespace]; !ok {
 			nsLabels[p.Namespace] = nil
