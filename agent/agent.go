@@ -110,6 +110,14 @@ func New(cfg Config, version string, src Source, dp Datapath, links Links, log *
 	a.metrics = newMetrics(a)
 	a.xds = xds.NewServer(log, a.metrics.reg)
 	a.xds.OnL7Event(func(e xds.L7Event) { a.recordEvent(l7Event(e)) })
+	a.xds.OnConnEvent(func(e xds.ConnEvent) {
+		fe := connEvent(e)
+		if fe.Verdict == "dropped" {
+			a.log.Warn("node proxy refused a connection", "reason", fe.Reason, "src", e.Source, "dst", e.Destination,
+				"peer", e.PeerID, "details", e.Details)
+		}
+		a.recordEvent(fe)
+	})
 	a.status = Status{Node: cfg.NodeName, Version: version, Mode: "standalone",
 		Source: fmt.Sprintf("world %v, policies %v", cfg.WorldPaths, cfg.PolicyPaths)}
 	return a, nil
@@ -431,7 +439,7 @@ func (a *Agent) program() {
 			continue
 		}
 		le.mode = a.modeOf(le.ep)
-		flags := endpointFlags(le.mode, acked && ready[key])
+		flags := endpointFlags(le.mode, acked && in.MTLS != nil, ready[key])
 		if old == nil || old.ifindex != index || old.ident != le.ident || old.state != "ready" || old.flags != flags {
 			if err := a.dp.SetEndpoint(le.addr, le.id, uint32(index), le.ident, flags); err != nil {
 				fail("endpoint "+key, err)
@@ -507,6 +515,24 @@ func (a *Agent) Status(context.Context) (*Status, error) {
 	s.Endpoints = len(a.local)
 	s.Identities = a.engine.Stats().Identities
 	s.ProxyInboundPort, s.ProxyOutboundPort = a.proxy.Ingress, a.proxy.Egress
+	s.MTLS = MTLSStatus{Mode: a.cfg.MTLSMode, InboundPort: a.mtlsPorts[0], OutboundPort: a.mtlsPorts[1]}
+	if a.idSource == nil {
+		s.MTLS.Mode = string(xds.MTLSDisabled)
+	} else {
+		s.MTLS.TrustDomain, s.MTLS.Source = a.cfg.TrustDomain, SourceBuiltinCA
+		if a.idManager == nil {
+			s.MTLS.Source = SourceSPIRE
+		}
+		if a.idSnap != nil {
+			s.MTLS.SVIDs = a.idSnap.Len()
+		}
+		for ns, m := range a.nsModes {
+			if s.MTLS.Namespaces == nil {
+				s.MTLS.Namespaces = map[string]string{}
+			}
+			s.MTLS.Namespaces[ns] = string(m)
+		}
+	}
 	if a.redirectErr != nil {
 		s.Problems = append(s.Problems, a.redirectErr.Error())
 	}

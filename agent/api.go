@@ -50,9 +50,25 @@ type Status struct {
 	// (L7-covered connections drop, proxy-unavailable).
 	ProxyInboundPort  uint16 `json:"proxyInboundPort"`
 	ProxyOutboundPort uint16 `json:"proxyOutboundPort"`
+	// MTLS is the node's side of mTLS between node proxies.
+	MTLS MTLSStatus `json:"mtls"`
 	// Reconcile is how long the last change took from source to datapath.
 	Reconcile time.Duration `json:"reconcileNanos"`
 	Problems  []string      `json:"problems,omitempty"`
+}
+
+// MTLSStatus is the node's mTLS state.
+type MTLSStatus struct {
+	Mode        string `json:"mode"` // the mesh-wide mode (--mtls-mode)
+	TrustDomain string `json:"trustDomain,omitempty"`
+	Source      string `json:"source,omitempty"` // where SVIDs come from; "" when disabled
+	// Namespaces are the namespaces whose label overrides Mode.
+	Namespaces map[string]string `json:"namespaces,omitempty"`
+	SVIDs      int               `json:"svids"` // SVIDs the proxy is served
+	// InboundPort and OutboundPort are the listeners mTLS flows are
+	// steered to: zero while the proxy has not ACKed (they drop).
+	InboundPort  uint16 `json:"inboundPort"`
+	OutboundPort uint16 `json:"outboundPort"`
 }
 
 // EndpointsRequest asks for the local endpoints.
@@ -91,7 +107,8 @@ type ObserveRequest struct {
 	FromPod string `json:"fromPod,omitempty"` // namespace/pod
 	ToPod   string `json:"toPod,omitempty"`
 	Port    int    `json:"port,omitempty"`
-	L7      bool   `json:"l7,omitempty"` // only the proxy's HTTP request events
+	L7      bool   `json:"l7,omitempty"`   // only the proxy's HTTP request events
+	MTLS    bool   `json:"mtls,omitempty"` // only the proxy's mTLS connection events
 }
 
 // Matches reports whether an event passes the request's filters.
@@ -101,7 +118,7 @@ func (r *ObserveRequest) Matches(e *FlowEvent) bool {
 		(r.FromPod == "" || r.FromPod == pod(e.Src)) &&
 		(r.ToPod == "" || r.ToPod == pod(e.Dst)) &&
 		(r.Port == 0 || r.Port == int(e.DstPort)) &&
-		(!r.L7 || e.L7 != nil)
+		(!r.L7 || e.L7 != nil) && (!r.MTLS || e.MTLS != nil)
 }
 
 // EnvoyConfigRequest asks for the xDS resources served to the node proxy:

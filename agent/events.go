@@ -23,6 +23,68 @@ type FlowEvent struct {
 	// "HTTP"; Verdict forwarded or dropped, Reason l7-allowed, l7-denied or
 	// l7-unchecked).
 	L7 *L7Info `json:"l7,omitempty"`
+	// MTLS is set on an event of the node proxy's mTLS listeners: one
+	// connection between node proxies (Proto "TCP"; Reason one of the
+	// mTLS reasons below, or a certificate's: svid-expired, ...).
+	MTLS *MTLSInfo `json:"mtls,omitempty"`
+}
+
+// MTLSInfo is what the node proxy's connection log says about one mTLS
+// connection.
+type MTLSInfo struct {
+	PeerID     string `json:"peerID,omitempty"`  // the client's SPIFFE ID (inbound) or the server's (outbound)
+	LocalID    string `json:"localID,omitempty"` // the SVID the proxy presented
+	TLSVersion string `json:"tlsVersion,omitempty"`
+	// BytesIn and BytesOut count the client's bytes to and from the proxy.
+	BytesIn  uint64        `json:"bytesIn"`
+	BytesOut uint64        `json:"bytesOut"`
+	Duration time.Duration `json:"durationNanos,omitempty"`
+	Details  string        `json:"details,omitempty"` // the proxy's termination details, as is
+}
+
+// Reasons of mTLS connection events. A refused peer certificate has the
+// reason of package certs' verification (svid-expired, svid-unknown-ca,
+// svid-wrong-trust-domain, ...).
+const (
+	// ReasonMTLS: an mTLS connection between node proxies, peer
+	// authenticated and bound to its source address.
+	ReasonMTLS = "mtls"
+	// ReasonMTLSPlaintext: a permissive pod accepted a plaintext client.
+	ReasonMTLSPlaintext = "mtls-plaintext-accepted"
+	// ReasonMTLSPlaintextRefused: a strict pod refused a plaintext client.
+	ReasonMTLSPlaintextRefused = "mtls-plaintext-refused"
+	// ReasonMTLSPeerNotAllowed: a valid certificate whose SPIFFE ID is
+	// not the workload at the connection's source address.
+	ReasonMTLSPeerNotAllowed = "mtls-peer-not-allowed"
+)
+
+// connEvent turns a proxy's connection log entry into a flow event.
+func connEvent(e xds.ConnEvent) FlowEvent {
+	fe := FlowEvent{
+		Time: e.Time, Node: e.Node,
+		Src: Peer{IP: e.Source.Addr().Unmap().String()}, Dst: Peer{IP: e.Destination.Addr().Unmap().String()},
+		SrcPort: e.Source.Port(), DstPort: e.Destination.Port(), Proto: "TCP",
+		Direction: "ingress", Verdict: "forwarded", Reason: ReasonMTLS,
+		MTLS: &MTLSInfo{PeerID: e.PeerID, LocalID: e.LocalID, TLSVersion: e.TLSVersion,
+			BytesIn: e.BytesReceived, BytesOut: e.BytesSent, Duration: e.Duration, Details: e.Details},
+	}
+	if e.Direction == xds.DirectionOutbound {
+		fe.Direction = "egress"
+	}
+	plaintext := e.TLSVersion == ""
+	switch {
+	case e.Verdict == xds.VerdictDenied && e.Reason == xds.ReasonRBACDenied && plaintext:
+		fe.Verdict, fe.Reason = "dropped", ReasonMTLSPlaintextRefused
+	case e.Verdict == xds.VerdictDenied && e.Reason == xds.ReasonRBACDenied:
+		fe.Verdict, fe.Reason = "dropped", ReasonMTLSPeerNotAllowed
+	case e.Verdict == xds.VerdictDenied:
+		fe.Verdict, fe.Reason = "dropped", e.Reason
+	case e.Reason != "":
+		fe.Verdict, fe.Reason = "dropped", e.Reason // the upstream failed
+	case plaintext && fe.Direction == "ingress":
+		fe.Reason = ReasonMTLSPlaintext
+	}
+	return fe
 }
 
 // L7Info is what the node proxy's access log says about one request.

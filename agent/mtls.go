@@ -151,20 +151,24 @@ func (a *Agent) requestSVIDs(local []*policy.Endpoint) {
 	}
 }
 
-// endpointFlags is a local pod's mTLS steering: a permissive pod accepts
-// at once (until the proxy serves it, mTLS flows drop rather than reach
-// the pod as unreadable TLS) and originates once the proxy has ACKed its
-// SVID (until then its peers see plaintext, which permissive peers
-// accept); a strict pod does both from the start (fail closed).
-func endpointFlags(mode xds.MTLSMode, readyAndAcked bool) bpf.EndpointFlags {
+// endpointFlags is a local pod's mTLS steering. A permissive pod accepts
+// once the node proxy has ACKed its mTLS listeners (before that, with no
+// proxy at all, its traffic stays as it was: permissive means plaintext
+// still works), and originates once the proxy has also ACKed its SVID;
+// until then its peers see plaintext, which permissive peers accept. A
+// strict pod does both from the start: its mTLS flows drop
+// (proxy-unavailable) until the proxy serves them — fail closed.
+func endpointFlags(mode xds.MTLSMode, acked, ready bool) bpf.EndpointFlags {
 	switch mode {
 	case xds.MTLSStrict:
 		return bpf.EndpointMTLSOriginate | bpf.EndpointMTLSAccept
 	case xds.MTLSPermissive:
-		if readyAndAcked {
+		switch {
+		case acked && ready:
 			return bpf.EndpointMTLSOriginate | bpf.EndpointMTLSAccept
+		case acked:
+			return bpf.EndpointMTLSAccept
 		}
-		return bpf.EndpointMTLSAccept
 	}
 	return 0
 }

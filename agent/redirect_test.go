@@ -55,6 +55,7 @@ func adsClient(ctx context.Context, t *testing.T, socket string, nack *atomic.Bo
 		{Node: node, TypeUrl: resource.ClusterType},
 		{Node: node, TypeUrl: resource.ListenerType},
 		{Node: node, TypeUrl: resource.RouteType, ResourceNames: []string{xds.InboundRouteName, xds.OutboundRouteName}},
+		{Node: node, TypeUrl: resource.SecretType},
 	} {
 		if err := stream.Send(r); err != nil {
 			return

@@ -577,6 +577,17 @@ static __always_inline __u8 ct_lookup(struct pkt *p, __u8 dir, __u64 now, struct
 		return 0;
 	reverse(&k, &p->tuple);
 	k.dir = dir ^ 1;
+	if (dir == NM_DIR_EGRESS) {
+		/* A pod answering the node proxy's upstream connection. */
+		k.pad = NM_CT_KEY_PROXY;
+		e = bpf_map_lookup_elem(&conntrack, &k);
+		if (e && ct_live(e, k.proto, now)) {
+			ct_refresh(e, p, 1, now);
+			found->flags = e->flags;
+			return NM_REASON_REPLY;
+		}
+		k.pad = 0;
+	}
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e && ct_live(e, k.proto, now)) {
 		ct_refresh(e, p, 1, now);
@@ -812,6 +823,17 @@ static __always_inline struct bpf_sock *lookup_conn(struct __sk_buff *skb, const
 	return sk;
 }
 
+/* Whether a node socket owns the packet's tuple. */
+static __always_inline int node_socket(struct __sk_buff *skb, struct pkt *p)
+{
+	struct bpf_sock *sk = lookup_conn(skb, &p->tuple);
+
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
 /* Hands the packet to the socket of its connection: returns 0, or -1 when
  * the node has no such socket. A TIME_WAIT socket is left to the stack's own
  * lookup (the local route reaches it). Only at tc ingress. */
@@ -1009,6 +1031,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 
 	now = bpf_ktime_get_ns();
+	if (dir == NM_DIR_INGRESS && proxy_mark(skb))
+		p.tuple.pad = NM_CT_KEY_PROXY;
 	v.reason = ct_lookup(&p, dir, now, &ct);
 	if (v.reason == NM_REASON_ESTABLISHED && (ct.flags & NM_CT_REDIRECT)) {
 		/* A further packet of a connection redirected to the proxy. */
@@ -1031,27 +1055,29 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		}
 		return finish(skb, dir, &v, &p, 0);
 	}
+	if (dir == NM_DIR_INGRESS && p.tuple.proto == IPPROTO_TCP &&
+	    ((!v.reason && !tcp_new_syn(&p)) ||
+	     (v.reason == NM_REASON_REPLY && (ct.flags & NM_CT_REDIRECT) && skb->ingress_ifindex)) &&
+	    node_socket(skb, &p)) {
+		/* A segment for a socket of the node: the proxy's upstream
+		 * connection from this pod's address, answered from another
+		 * node or by the proxy itself. Either this pod has no such
+		 * connection, or it has one with the same tuple that was handed
+		 * to this node's proxy — whose replies the proxy makes here,
+		 * never through an interface (the proxy's source port is chosen
+		 * by this node's kernel, the pod's by the pod's). */
+		v.reason = NM_REASON_TO_PROXY;
+		v.to_proxy = 1;
+		if (to_proxy_hairpin(skb, 0, &v)) {
+			proxy_unavailable(&v);
+			return finish(skb, dir, &v, &p, 1);
+		}
+		return finish(skb, dir, &v, &p, 0);
+	}
 	if (!v.reason && p.has_inner && ct_related(&p, dir, now))
 		v.reason = NM_REASON_RELATED;
 	if (v.reason)
 		return finish(skb, dir, &v, &p, 0);
-	if (dir == NM_DIR_INGRESS && p.tuple.proto == IPPROTO_TCP && !tcp_new_syn(&p)) {
-		/* Not this pod's connection but a segment for a socket of the
-		 * node: the proxy's upstream connection from this pod's address,
-		 * answered from another node or by the proxy itself. */
-		struct bpf_sock *sk = lookup_conn(skb, &p.tuple);
-		if (sk) {
-			bpf_sk_release(sk);
-			v.reason = NM_REASON_TO_PROXY;
-			v.to_proxy = 1;
-			if (to_proxy_hairpin(skb, 0, &v)) {
-				proxy_unavailable(&v);
-				return finish(skb, dir, &v, &p, 1);
-			}
-			return finish(skb, dir, &v, &p, 0);
-		}
-	}
-
 	/* A new connection: who is the remote? */
 	ik.prefixlen = 128;
 	copy_addr(ik.addr, remote);

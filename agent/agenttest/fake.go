@@ -83,6 +83,20 @@ func (d *Datapath) SetMTLSPorts(in, out uint16) error {
 	return nil
 }
 
+// MTLSPortsNow returns the mTLS ports last set.
+func (d *Datapath) MTLSPortsNow() [2]uint16 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.MTLSPorts
+}
+
+// IPCacheNow returns the ipcache last synced.
+func (d *Datapath) IPCacheNow() []policy.IPCacheEntry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.IPCache
+}
+
 // Flags returns the mTLS flags last set for the endpoint at addr.
 func (d *Datapath) Flags(addr netip.Addr) bpf.EndpointFlags {
 	d.mu.Lock()

@@ -160,8 +160,15 @@ struct ct_key {
 	__be16 dport;
 	__u8 proto;
 	__u8 dir;
-	__u16 pad;
+	__u16 pad; /* NM_CT_KEY_PROXY or 0 */
 };
+
+/* ct_key.pad: the entry of a node proxy's upstream connection to a pod, as
+ * to_pod sees it (proxy-marked). It may share its tuple with a connection
+ * from another node that was redirected to the proxy (the proxy's source
+ * port is chosen by this node's kernel, the client's by another), so the
+ * two are kept apart. */
+#define NM_CT_KEY_PROXY 1
 
 /* ct_entry.flags */
 #define NM_CT_SEEN_REPLY 0x01

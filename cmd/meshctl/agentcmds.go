@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -130,6 +131,7 @@ func printStatus(w io.Writer, st *agent.Status) error {
 	fmt.Fprintf(w, "Enforcing:   %d policies, %d local endpoints, %d identities\n", st.Policies, st.Endpoints, st.Identities)
 	fmt.Fprintf(w, "Reconcile:   last change reached the datapath in %s\n", st.Reconcile.Round(time.Microsecond))
 	fmt.Fprintf(w, "Proxy:       %s\n", proxyLine(st))
+	fmt.Fprintf(w, "mTLS:        %s\n", mtlsLine(st.MTLS))
 	for _, p := range st.Problems {
 		fmt.Fprintf(w, "Problem:     %s\n", p)
 	}
@@ -257,6 +259,7 @@ and exits; with --follow it keeps printing new events until interrupted.`,
 	c.Flags().StringVar(&req.ToPod, "to-pod", "", "only events to this pod (namespace/pod)")
 	c.Flags().IntVar(&req.Port, "port", 0, "only events to this destination port")
 	c.Flags().BoolVar(&req.L7, "l7", false, "only the node proxy's HTTP request events (method, path, status, rule)")
+	c.Flags().BoolVar(&req.MTLS, "mtls", false, "only the node proxy's mTLS connection events (peer SPIFFE ID, TLS version, bytes; why a peer was refused)")
 	return c
 }
 
@@ -283,6 +286,17 @@ func formatEvent(e *agent.FlowEvent) string {
 			line += "  rule " + l.Rule
 		}
 	}
+	if m := e.MTLS; m != nil {
+		if m.PeerID != "" {
+			line += "  peer " + m.PeerID
+		}
+		if m.TLSVersion != "" {
+			line += "  " + m.TLSVersion
+		}
+		if m.BytesIn+m.BytesOut > 0 {
+			line += fmt.Sprintf("  %d/%d bytes", m.BytesIn, m.BytesOut)
+		}
+	}
 	return line
 }
 
@@ -293,6 +307,25 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func writeJSONLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// mtlsLine sums up the node's mTLS between node proxies.
+func mtlsLine(m agent.MTLSStatus) string {
+	if m.Source == "" {
+		return m.Mode
+	}
+	line := fmt.Sprintf("%s (trust domain %s; %d SVIDs, %s)", m.Mode, m.TrustDomain, m.SVIDs, m.Source)
+	if len(m.Namespaces) > 0 {
+		var ns []string
+		for _, n := range slices.Sorted(maps.Keys(m.Namespaces)) {
+			ns = append(ns, n+"="+m.Namespaces[n])
+		}
+		line += "; namespaces " + strings.Join(ns, ", ")
+	}
+	if m.InboundPort == 0 {
+		return line + "; mTLS flows dropped until the proxy ACKs (fail closed)"
+	}
+	return line + fmt.Sprintf("; mTLS flows to :%d (inbound) and :%d (outbound)", m.InboundPort, m.OutboundPort)
+}
 
 // proxyLine says whether L7-covered connections reach the node proxy.
 func proxyLine(st *agent.Status) string {

@@ -256,6 +256,16 @@ func (h *Harness) startCA(ctx context.Context) error {
 	return nil
 }
 
+// AgentStderr is what a node's agent logged so far.
+func (h *Harness) AgentStderr(node string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p := h.agents[node]; p != nil {
+		return p.Stderr()
+	}
+	return ""
+}
+
 // CAStderr is what nodemesh-ca logged so far.
 func (h *Harness) CAStderr() string {
 	if h.ca == nil {

@@ -39,6 +39,8 @@ commands:
            a new TCP connection per request (connect, request, echo, close);
            JSON {rps, p50_us, p99_us}: connections/s, latency without the close
   bulk     --to IP:PORT [--duration 5s]                TCP throughput, JSON {bits_per_s}
+  tls      --to IP:PORT --cert PEM --key PEM [--alpn nodemesh-mtls] [--timeout 2s] [--payload S]
+           TLS 1.3 echo presenting a client certificate; JSON {ok, stage, peer_id}
 `
 
 // Main runs the command line args (without the program name) and returns the
@@ -191,6 +193,27 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return ExitUsage
 		}
 		res := CRR(ctx, cfg)
+		printJSON(res)
+		if !res.OK {
+			return ExitFailed
+		}
+		return ExitOK
+	case "tls":
+		cfg := TLSConfig{ALPN: "nodemesh-mtls", Timeout: 2 * time.Second, Payload: "nodemesh"}
+		fs.StringVar(&cfg.To, "to", "", "server `IP:PORT`")
+		fs.StringVar(&cfg.CertFile, "cert", "", "client certificate chain (PEM `file`)")
+		fs.StringVar(&cfg.KeyFile, "key", "", "client key (PEM `file`)")
+		fs.StringVar(&cfg.ALPN, "alpn", cfg.ALPN, "ALPN protocol to offer")
+		fs.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "for the whole exchange")
+		fs.StringVar(&cfg.Payload, "payload", cfg.Payload, "bytes to echo")
+		if !parse() {
+			return ExitUsage
+		}
+		if err := cfg.validate(); err != nil {
+			fmt.Fprintf(stderr, "tls: %v\n", err)
+			return ExitUsage
+		}
+		res := TLSEcho(ctx, cfg)
 		printJSON(res)
 		if !res.OK {
 			return ExitFailed
