@@ -375,7 +375,10 @@ func (a *Agent) program() {
 	}
 	acked := false
 	if v, err := a.xds.SetNode(a.cfg.NodeName, in); err != nil {
+		// The proxy keeps its last configuration, which does not serve
+		// these tables: their redirects drop until a change builds.
 		fail("proxy configuration", err)
+		a.status.ProxyConfig = ""
 	} else {
 		a.status.ProxyConfig = v
 		if a.proxyAcked(v) {

@@ -323,6 +323,13 @@ func makeFilterChains(d direction, eps []Endpoint, idx *addrIndex, plan *mtlsPla
 				if d.dir == policy.Ingress && ep.Mode == MTLSStrict && len(remote) > 0 {
 					chains = append(chains, strictRefusal(ep, c, remote))
 				}
+				if d.dir == policy.Egress && plan.originatesAny() {
+					t, err := plan.outboundTwin(ep, c)
+					if err != nil {
+						return err
+					}
+					chains = append(chains, t)
+				}
 				v6 = v6 || slices.ContainsFunc(ep.Addrs, netip.Addr.Is6)
 			}
 			return err

@@ -14,6 +14,7 @@ import (
 	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	origsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -128,27 +129,52 @@ func checkResources(t *testing.T, r *xds.Resources) {
 		if !l.GetTransparent().GetValue() || l.GetAddress().GetSocketAddress().GetAddress() != "0.0.0.0" {
 			t.Errorf("listener %s: want transparent on 0.0.0.0: %v", l.GetName(), l.GetAddress())
 		}
-		d := sides[l.GetName()]
+		d, ok := sides[l.GetName()]
+		if !ok {
+			t.Errorf("listener %s: unknown", l.GetName())
+			continue
+		}
+		// original_src first (tls_inspector may follow), with the
+		// direction's mark.
+		fs := l.GetListenerFilters()
+		if os := (&origsrcv3.OriginalSrc{}); len(fs) == 0 || fs[0].GetTypedConfig().UnmarshalTo(os) != nil || os.GetMark() != d.mark {
+			t.Errorf("listener %s: want original_src with mark 0x%x first, got %v", l.GetName(), d.mark, fs)
+		}
+		for _, f := range fs[min(1, len(fs)):] {
+			if f.GetName() != "envoy.filters.listener.tls_inspector" {
+				t.Errorf("listener %s: unexpected listener filter %s", l.GetName(), f.GetName())
+			}
+		}
 		// Upstream connections come from the client's address, with the
 		// direction's mark: the filter's and the cluster's agree.
-		if c := clusterByName(r, d.cluster); c != nil {
-			client := xdstest.Conn{Src: netip.MustParseAddrPort("10.9.8.7:40000"), Dst: netip.MustParseAddrPort("10.0.2.10:80")}
-			up, err := xdstest.UpstreamOf(l, c, client)
-			if err != nil || up != (xdstest.Upstream{Src: client.Src.Addr(), Mark: d.mark}) {
-				t.Errorf("listener %s: upstream %+v, %v; want from the client's address with mark 0x%x", l.GetName(), up, err, d.mark)
+		if d.cluster != "" {
+			if c := clusterByName(r, d.cluster); c != nil {
+				client := xdstest.Conn{Src: netip.MustParseAddrPort("10.9.8.7:40000"), Dst: netip.MustParseAddrPort("10.0.2.10:80")}
+				up, err := xdstest.UpstreamOf(l, c, client)
+				if err != nil || up != (xdstest.Upstream{Src: client.Src.Addr(), Mark: d.mark}) {
+					t.Errorf("listener %s: upstream %+v, %v; want from the client's address with mark 0x%x", l.GetName(), up, err, d.mark)
+				}
+			} else {
+				t.Errorf("listener %s: no cluster %s", l.GetName(), d.cluster)
 			}
-			if fs := l.GetListenerFilters(); len(fs) != 1 {
-				t.Errorf("listener %s: want only original_src, got %v", l.GetName(), fs)
-			} else if os := (&origsrcv3.OriginalSrc{}); fs[0].GetTypedConfig().UnmarshalTo(os) != nil || os.GetMark() != d.mark {
-				t.Errorf("listener %s: original_src %v, want mark 0x%x as the cluster's", l.GetName(), fs[0], d.mark)
-			}
-		} else {
-			t.Errorf("listener %s: no cluster %s", l.GetName(), d.cluster)
 		}
 		for _, fc := range l.GetFilterChains() {
-			hcm, _, err := xdstest.ChainRBAC(fc)
-			if err != nil {
-				t.Error(err)
+			last := fc.GetFilters()[len(fc.GetFilters())-1]
+			if last.GetName() == "envoy.filters.network.tcp_proxy" {
+				tp := &tcpproxyv3.TcpProxy{}
+				cfg := &grpcalsv3.TcpGrpcAccessLogConfig{}
+				if err := last.GetTypedConfig().UnmarshalTo(tp); err != nil || len(tp.GetAccessLog()) != 1 || tp.GetAccessLog()[0].GetTypedConfig().UnmarshalTo(cfg) != nil ||
+					cfg.GetCommonConfig().GetLogName() != d.tcpLogName || cfg.GetCommonConfig().GetGrpcService().GetEnvoyGrpc().GetClusterName() != xds.AccessLogClusterName {
+					t.Errorf("chain %s: want tcp_proxy logging to %s (tcp_grpc), got %v", fc.GetName(), d.tcpLogName, tp)
+				}
+				if clusterByName(r, tp.GetCluster()) == nil {
+					t.Errorf("chain %s: tcp_proxy to a cluster that does not exist: %s", fc.GetName(), tp.GetCluster())
+				}
+				continue
+			}
+			hcm := &hcmv3.HttpConnectionManager{}
+			if err := last.GetTypedConfig().UnmarshalTo(hcm); err != nil {
+				t.Errorf("chain %s: last filter %s: %v", fc.GetName(), last.GetName(), err)
 				continue
 			}
 			als := hcm.GetAccessLog()
@@ -170,7 +196,7 @@ func checkResources(t *testing.T, r *xds.Resources) {
 		}
 		opts := c.GetUpstreamBindConfig().GetSocketOptions()
 		want := xds.MarkProxyIngress
-		if c.GetName() == xds.OutboundClusterName {
+		if c.GetName() == xds.OutboundClusterName || strings.HasPrefix(c.GetName(), "nodemesh-outbound-mtls|") {
 			want = xds.MarkProxyEgress
 		}
 		if len(opts) != 1 || opts[0].GetLevel() != 1 || opts[0].GetName() != 36 || opts[0].GetIntValue() != int64(want) {
@@ -181,11 +207,13 @@ func checkResources(t *testing.T, r *xds.Resources) {
 
 // sides are what each listener's direction must use.
 var sides = map[string]struct {
-	cluster, logName string
-	mark             uint32
+	cluster, logName, tcpLogName string // cluster "": one per chain
+	mark                         uint32
 }{
-	xds.InboundListenerName:  {xds.InboundClusterName, xds.InboundAccessLogName, xds.MarkProxyIngress},
-	xds.OutboundListenerName: {xds.OutboundClusterName, xds.OutboundAccessLogName, xds.MarkProxyEgress},
+	xds.InboundListenerName:      {xds.InboundClusterName, xds.InboundAccessLogName, xds.InboundMTLSAccessLogName, xds.MarkProxyIngress},
+	xds.OutboundListenerName:     {xds.OutboundClusterName, xds.OutboundAccessLogName, "", xds.MarkProxyEgress},
+	xds.InboundMTLSListenerName:  {xds.InboundClusterName, "", xds.InboundMTLSAccessLogName, xds.MarkProxyIngress},
+	xds.OutboundMTLSListenerName: {"", "", xds.OutboundMTLSAccessLogName, xds.MarkProxyEgress},
 }
 
 func clusterByName(r *xds.Resources, name string) *clusterv3.Cluster {

@@ -6,6 +6,7 @@ package xds
 // proxies") tells the whole path.
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
@@ -34,13 +37,17 @@ type mtlsPlan struct {
 	ready map[string]bool
 	// peers binds the SPIFFE IDs of remote mesh pods to their addresses.
 	peers map[spiffeid.ID][]netip.Addr
+	addrs []netip.Addr // peerAddrs
+	// routes are the workloads whose outbound L7 chains have mTLS twins
+	// (outboundTwin), which name their OutboundMTLSRouteName.
+	routes map[spiffeid.ID]bool
 }
 
 func newMTLSPlan(in *MTLSInput, eps []Endpoint) *mtlsPlan {
 	if in == nil {
 		return nil
 	}
-	p := &mtlsPlan{in: in, ready: map[string]bool{}, peers: map[spiffeid.ID][]netip.Addr{}}
+	p := &mtlsPlan{in: in, ready: map[string]bool{}, peers: map[spiffeid.ID][]netip.Addr{}, routes: map[spiffeid.ID]bool{}}
 	for _, ep := range eps {
 		if len(ep.Addrs) > 0 && in.Ready(ep) {
 			p.ready[ep.Key] = true
@@ -50,6 +57,50 @@ func newMTLSPlan(in *MTLSInput, eps []Endpoint) *mtlsPlan {
 		p.peers[id] = append(p.peers[id], a)
 	}
 	return p
+}
+
+// originatesAny reports whether some local pod originates mTLS.
+func (p *mtlsPlan) originatesAny() bool { return p != nil && len(p.ready) > 0 && len(p.in.Peers) > 0 }
+
+// OutboundMTLSRouteName names the route of the outbound L7 chains of the
+// workload id toward mTLS peers: to its mTLS cluster.
+func OutboundMTLSRouteName(id spiffeid.ID) string { return "nodemesh-outbound-mtls|" + id.String() }
+
+// outboundTwin is, for an outbound L7 chain c of ep, its twin for
+// destinations that are mTLS peers (the remote mesh pods whose proxies
+// accept mTLS): the same match narrowed to those addresses and, when ep
+// takes part in mTLS, the same HCM with the route to ep's workload's mTLS
+// cluster. Envoy selects chains by destination address before source
+// address and does not backtrack, so once one pod has such a twin every
+// pod's chain needs one (a pod that does not originate keeps its HCM).
+func (p *mtlsPlan) outboundTwin(ep Endpoint, c *listenerv3.FilterChain) (*listenerv3.FilterChain, error) {
+	t := proto.Clone(c).(*listenerv3.FilterChain)
+	t.Name = "mtls-peers|" + c.GetName()
+	for _, a := range p.peerAddrs() {
+		t.FilterChainMatch.PrefixRanges = append(t.FilterChainMatch.PrefixRanges, cidr(netip.PrefixFrom(a, a.BitLen())))
+	}
+	if !p.ready[ep.Key] {
+		return t, nil
+	}
+	h := &hcmv3.HttpConnectionManager{}
+	if err := t.GetFilters()[0].GetTypedConfig().UnmarshalTo(h); err != nil {
+		return nil, fmt.Errorf("outbound chain %s: %w", c.GetName(), err)
+	}
+	h.GetRds().RouteConfigName = OutboundMTLSRouteName(ep.ID)
+	p.routes[ep.ID] = true
+	t.Filters[0] = hcmFilter(h)
+	return t, nil
+}
+
+// peerAddrs are the mTLS peers' addresses, sorted.
+func (p *mtlsPlan) peerAddrs() []netip.Addr {
+	if p.addrs == nil {
+		for a := range p.in.Peers {
+			p.addrs = append(p.addrs, a)
+		}
+		slices.SortFunc(p.addrs, netip.Addr.Compare)
+	}
+	return p.addrs
 }
 
 // accepts reports whether ep's proxy terminates mTLS for it.
@@ -106,7 +157,11 @@ func (p *mtlsPlan) build(r *Resources, cfg Config, eps []Endpoint) error {
 	slices.SortFunc(sorted, func(a, b spiffeid.ID) int { return strings.Compare(a.String(), b.String()) })
 	for _, id := range sorted {
 		r.Clusters = append(r.Clusters, OutboundMTLSCluster(id, cfg.ConnectTimeout))
+		if p.routes[id] {
+			r.Routes = append(r.Routes, makeRoute(direction{route: OutboundMTLSRouteName(id), cluster: OutboundMTLSClusterName(id)}))
+		}
 	}
+	slices.SortFunc(r.Routes, func(a, b *routev3.RouteConfiguration) int { return strings.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return strings.Compare(a.GetName(), b.GetName()) })
 

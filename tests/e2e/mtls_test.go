@@ -26,8 +26,9 @@ import (
 // mtlsPolicies: the seed scenario with its L7 rule on the backend's port
 // 80 (e2e.SeedL7Ingress), plus plain TCP on 81 from the frontend and from
 // the legacy namespace (whose pods do not take part in mTLS).
-const mtlsPolicies = e2e.SeedL7Ingress + `---
-apiVersion: cilium.io/v2
+const mtlsPolicies = e2e.SeedL7Ingress + "---\n" + backendTCP81
+
+const backendTCP81 = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: backend-tcp-81, namespace: default}
 spec:
@@ -73,6 +74,9 @@ func mtlsCluster(t testing.TB, mode string, caArgs ...string) *e2e.Harness {
 		if t.Failed() {
 			dumpNodes(t, h)
 			t.Logf("nodemesh-ca:\n%s", h.CAStderr())
+			for _, n := range []string{"node-1", "node-2"} {
+				t.Logf("agent of %s:\n%s", n, h.AgentStderr(n))
+			}
 		}
 	})
 	for _, n := range []string{"node-1", "node-2"} {
@@ -186,6 +190,21 @@ func TestMTLSStrict(t *testing.T) {
 		t.Logf("strict: legacy/legacy-client -> backend:81: %s (%s)", res.Reason, res.Error)
 	}
 	expectMTLSEvent(t, h, "node-2", h.C.Pod("legacy", "legacy-client").IP.String(), "mtls-plaintext-refused")
+
+	// The L7 rule as an egress rule of the frontend: its node proxy
+	// enforces it and then originates mTLS to the backend's (which, strict,
+	// would refuse plaintext), with nothing readable on the underlay.
+	if _, err := h.SetPolicies(context.Background(), e2e.SeedL7Egress+"---\n"+backendTCP81); err != nil {
+		t.Fatal(err)
+	}
+	pcap := capture(t, h, func() {
+		for _, r := range e2e.SeedL7Requests("backend") {
+			expectL7(t, h, r, 10*time.Second)
+		}
+	})
+	if bytes.Contains(pcap, []byte("/userdata")) {
+		t.Error("egress L7 rule: the underlay carried the request in plaintext")
+	}
 }
 
 // waitMTLS waits until the frontend's requests to the backend cross the

@@ -199,6 +199,8 @@ func UpstreamOf(l *listenerv3.Listener, c *clusterv3.Cluster, conn Conn) (Upstre
 			if err := f.GetTypedConfig().UnmarshalTo(&origdstv3.OriginalDst{}); err != nil {
 				return Upstream{}, fmt.Errorf("listener %s: original_dst: %w", l.GetName(), err)
 			}
+		case "envoy.filters.listener.tls_inspector":
+			// It only informs filter chain selection.
 		default:
 			return Upstream{}, fmt.Errorf("listener %s: listener filter %s not emulated", l.GetName(), f.GetName())
 		}

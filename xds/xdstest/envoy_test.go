@@ -148,7 +148,8 @@ func TestUpstreamOf(t *testing.T) {
 		{name: "original_src beats source_address", filters: []*listenerv3.ListenerFilter{origSrc(0)}, bind: withSource(markOpt(1), "192.0.2.1"),
 			want: xdstest.Upstream{Src: c.Src.Addr(), Mark: 1}},
 		{name: "source_address", bind: withSource(&corev3.BindConfig{}, "192.0.2.1"), want: xdstest.Upstream{Src: netip.MustParseAddr("192.0.2.1")}},
-		{name: "unknown filter", filters: []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector"}}, wantErr: "tls_inspector not emulated"},
+		{name: "tls_inspector changes nothing", filters: []*listenerv3.ListenerFilter{origSrc(0xa00), {Name: "envoy.filters.listener.tls_inspector"}}, want: xdstest.Upstream{Src: c.Src.Addr(), Mark: 0xa00}},
+		{name: "unknown filter", filters: []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.http_inspector"}}, wantErr: "http_inspector not emulated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := &listenerv3.Listener{Name: "l", ListenerFilters: tc.filters}
