@@ -98,6 +98,9 @@ type L7Info struct {
 	// no rule matched).
 	Rule     string        `json:"rule,omitempty"`
 	Duration time.Duration `json:"durationNanos,omitempty"`
+	// PeerID is the client's SPIFFE ID when the request came over mTLS
+	// between node proxies.
+	PeerID string `json:"peerID,omitempty"`
 }
 
 // Reasons of L7 events.
@@ -116,7 +119,7 @@ func l7Event(e xds.L7Event) FlowEvent {
 		SrcPort: e.Src.Port(), DstPort: e.Dst.Port(), Proto: "HTTP",
 		Direction: "ingress", Verdict: "forwarded", Reason: ReasonL7Allowed,
 		L7: &L7Info{Method: e.Method, Path: e.Path, Authority: e.Authority, Protocol: e.Protocol,
-			Status: e.Status, Rule: e.Rule, Duration: e.Duration},
+			Status: e.Status, Rule: e.Rule, Duration: e.Duration, PeerID: e.PeerID},
 	}
 	if e.Direction == xds.DirectionOutbound {
 		fe.Direction = "egress"

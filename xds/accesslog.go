@@ -93,6 +93,9 @@ type L7Event struct {
 	// "rbac_access_denied_matched_policy[none]".
 	Details  string
 	Duration time.Duration // until the last byte was sent; 0 if unknown
+	// PeerID is the URI SAN of the client's certificate when the request
+	// came over mTLS between node proxies (TLSVersion then set); "".
+	PeerID, TLSVersion string
 }
 
 // Reasons of a ConnEvent that are not a downstream TLS handshake's (those
@@ -292,6 +295,7 @@ func DecodeL7Event(node, logName string, e *accesslogdatav3.HTTPAccessLogEntry) 
 		Details:   e.GetResponse().GetResponseCodeDetails(),
 	}
 	ev.Direction = logDirection(logName)
+	ev.PeerID, _, ev.TLSVersion = tlsOf(c)
 	if c.GetStartTime() != nil {
 		ev.Time = c.GetStartTime().AsTime()
 	}
@@ -369,20 +373,7 @@ func DecodeConnEvent(node, logName string, e *accesslogdatav3.TCPAccessLogEntry)
 	case c.GetTimeToLastDownstreamTxByte() != nil:
 		ev.Duration = c.GetTimeToLastDownstreamTxByte().AsDuration()
 	}
-	if tp := c.GetTlsProperties(); tp != nil {
-		ev.PeerID = uriSAN(tp.GetPeerCertificateProperties())
-		ev.LocalID = uriSAN(tp.GetLocalCertificateProperties())
-		switch tp.GetTlsVersion() {
-		case accesslogdatav3.TLSProperties_TLSv1:
-			ev.TLSVersion = "TLSv1"
-		case accesslogdatav3.TLSProperties_TLSv1_1:
-			ev.TLSVersion = "TLSv1.1"
-		case accesslogdatav3.TLSProperties_TLSv1_2:
-			ev.TLSVersion = "TLSv1.2"
-		case accesslogdatav3.TLSProperties_TLSv1_3:
-			ev.TLSVersion = "TLSv1.3"
-		}
-	}
+	ev.PeerID, ev.LocalID, ev.TLSVersion = tlsOf(c)
 	flags := c.GetResponseFlags()
 	switch {
 	case c.GetDownstreamTransportFailureReason() != "":
@@ -420,4 +411,24 @@ func addrPort(a *corev3.Address) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(ip.Unmap(), uint16(sa.GetPortValue()))
+}
+
+// tlsOf reads the TLS properties of an entry: the peer's and the proxy's
+// URI SANs and the version; all "" without TLS.
+func tlsOf(c *accesslogdatav3.AccessLogCommon) (peer, local, version string) {
+	tp := c.GetTlsProperties()
+	if tp == nil {
+		return "", "", ""
+	}
+	switch tp.GetTlsVersion() {
+	case accesslogdatav3.TLSProperties_TLSv1:
+		version = "TLSv1"
+	case accesslogdatav3.TLSProperties_TLSv1_1:
+		version = "TLSv1.1"
+	case accesslogdatav3.TLSProperties_TLSv1_2:
+		version = "TLSv1.2"
+	case accesslogdatav3.TLSProperties_TLSv1_3:
+		version = "TLSv1.3"
+	}
+	return uriSAN(tp.GetPeerCertificateProperties()), uriSAN(tp.GetLocalCertificateProperties()), version
 }

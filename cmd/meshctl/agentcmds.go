@@ -285,6 +285,9 @@ func formatEvent(e *agent.FlowEvent) string {
 		if l.Rule != "" {
 			line += "  rule " + l.Rule
 		}
+		if l.PeerID != "" {
+			line += "  peer " + l.PeerID
+		}
 	}
 	if m := e.MTLS; m != nil {
 		if m.PeerID != "" {
