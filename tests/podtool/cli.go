@@ -33,7 +33,7 @@ commands:
            one request; one JSON line with the status; exit 0 when a response
            arrived (and had the expected status, if given)
   rr       --to IP:PORT [--duration 5s] [--conns 1]    TCP request/response rate, JSON {rps, p50_us, p99_us}
-  hrr      --to IP:PORT [--path /] [--duration 5s] [--conns 1]
+  hrr      --to IP:PORT [--path /] [--duration 5s] [--conns 1] [--rate R]
            HTTP/1.1 keep-alive request rate (GET, every answer must be 200), JSON as rr
   crr      --to IP:PORT [--duration 5s] [--conns 1] [--timeout 1s] [--reset]
            a new TCP connection per request (connect, request, echo, close);
@@ -161,11 +161,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&cfg.Path, "path", cfg.Path, "request `path`")
 		fs.DurationVar(&cfg.Duration, "duration", cfg.Duration, "how long to run")
 		fs.IntVar(&cfg.Conns, "conns", cfg.Conns, "parallel keep-alive connections")
+		fs.Float64Var(&cfg.Rate, "rate", 0, "requests per second in all (0: as fast as the answers come)")
 		if !parse() {
 			return ExitUsage
 		}
-		if err := checkRun(cfg.To, cfg.Duration, cfg.Conns); err != nil {
-			fmt.Fprintf(stderr, "hrr: %v\n", err)
+		if err := checkRun(cfg.To, cfg.Duration, cfg.Conns); err != nil || cfg.Rate < 0 {
+			fmt.Fprintf(stderr, "hrr: %v (rate %g)\n", err, cfg.Rate)
 			return ExitUsage
 		}
 		res := HRR(ctx, cfg)

@@ -12,12 +12,18 @@ import (
 
 // HRRConfig is an HTTP/1.1 keep-alive request/response run: Conns
 // connections, each sending GET Path and reading the whole response, back
-// to back, for Duration. Every response must have status 200.
+// to back (or paced, with Rate), for Duration. Every response must have
+// status 200.
 type HRRConfig struct {
 	To       string // IP:PORT
 	Path     string
 	Duration time.Duration
 	Conns    int
+	// Rate, when set, paces the requests to this many per second in all
+	// (Rate/Conns per connection, evenly spaced; a late request is sent at
+	// once and the schedule keeps its pace), so that latency is measured
+	// at a given load rather than at saturation.
+	Rate float64
 }
 
 // HRR runs the HTTP load; its result is rr's.
@@ -50,7 +56,22 @@ func hrrConn(ctx context.Context, cfg HRRConfig, observe func(time.Duration)) er
 	}
 	req := []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: nodemesh-podtool\r\n\r\n", cfg.Path, cfg.To))
 	br := bufio.NewReaderSize(c, 16<<10)
+	var interval time.Duration
+	next := time.Now()
+	if cfg.Rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(cfg.Conns) / cfg.Rate)
+	}
 	for ctx.Err() == nil {
+		if interval > 0 {
+			next = next.Add(interval)
+			if wait := time.Until(next); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
+		}
 		t0 := time.Now()
 		if _, err := c.Write(req); err != nil {
 			return ignoreDeadline(ctx, err)

@@ -1,0 +1,272 @@
+package proxy
+
+import (
+	"net/http"
+	"slices"
+	"strings"
+)
+
+// RBAC indexing. A permission is a pure predicate of the request, so a
+// list of permissions that is OR'd (a policy's permissions, or_rules) may
+// skip every permission that cannot match, and the policies of a filter,
+// evaluated in name order for the first match, may skip those that cannot
+// match. What cannot match is told by a pathCond: conditions every
+// matching request meets, derived when compiling (url_path literals,
+// the literal prefix and suffix of a url_path regex, an exact :method).
+// Skipping is only ever done on a necessary condition, so verdicts and the
+// policy reported are those of the linear walk.
+
+// pathCond holds necessary conditions of a permission: the request's
+// url path (requestPath) starts with one of prefixes (nil: no such
+// condition), ends with suffix, and its method is method ("": any).
+type pathCond struct {
+	prefixes []string
+	suffix   string
+	method   string
+}
+
+// urlPathCond is the condition of a url_path permission matching sm.
+func urlPathCond(sm *stringMatcher) pathCond {
+	if sm.ignoreCase {
+		return pathCond{}
+	}
+	var c pathCond
+	switch sm.kind {
+	case smExact:
+		c.suffix = sm.value
+		if sm.value != "" {
+			c.prefixes = []string{sm.value}
+		}
+	case smPrefix:
+		if sm.value != "" {
+			c.prefixes = []string{sm.value}
+		}
+	case smSuffix:
+		c.suffix = sm.value
+	case smRegex:
+		if sm.value != "" {
+			c.prefixes = []string{sm.value}
+		}
+		c.suffix = sm.suffix
+	}
+	return c
+}
+
+// methodCond is the condition of a header permission: an exact,
+// case-sensitive, non-inverted :method match requires that method.
+func methodCond(hm *headerMatcher) pathCond {
+	if hm.name != ":method" || hm.present != nil || hm.invert || hm.str == nil || hm.str.kind != smExact || hm.str.ignoreCase {
+		return pathCond{}
+	}
+	return pathCond{method: hm.str.value}
+}
+
+// andCond: every child's conditions are necessary; keep the most
+// selective of each kind.
+func andCond(cs []pathCond) pathCond {
+	var out pathCond
+	for _, c := range cs {
+		if c.prefixes != nil && (out.prefixes == nil || minLen(c.prefixes) > minLen(out.prefixes)) {
+			out.prefixes = c.prefixes
+		}
+		if len(c.suffix) > len(out.suffix) {
+			out.suffix = c.suffix
+		}
+		if out.method == "" {
+			out.method = c.method
+		}
+	}
+	return out
+}
+
+// orCond: what every child requires (prefixes: the union, when each
+// child has some).
+func orCond(cs []pathCond) pathCond {
+	if len(cs) == 0 {
+		return pathCond{}
+	}
+	out := pathCond{suffix: cs[0].suffix, method: cs[0].method}
+	all := true
+	n := 0
+	for _, c := range cs {
+		if c.prefixes == nil {
+			all = false
+		}
+		n += len(c.prefixes)
+		out.suffix = commonSuffix(out.suffix, c.suffix)
+		if c.method != out.method {
+			out.method = ""
+		}
+	}
+	if all {
+		ps := make([]string, 0, n)
+		for _, c := range cs {
+			ps = append(ps, c.prefixes...)
+		}
+		slices.Sort(ps)
+		out.prefixes = slices.Compact(ps)
+	}
+	return out
+}
+
+func minLen(ss []string) int {
+	m := -1
+	for _, s := range ss {
+		if m < 0 || len(s) < m {
+			m = len(s)
+		}
+	}
+	return m
+}
+
+func commonSuffix(a, b string) string {
+	n := 0
+	for n < len(a) && n < len(b) && a[len(a)-1-n] == b[len(b)-1-n] {
+		n++
+	}
+	return a[len(a)-n:]
+}
+
+// indexMin is the smallest list worth indexing.
+const indexMin = 8
+
+// maxIndexLists bounds the candidate lists merged per request (the
+// unconstrained items and one per distinct prefix length); beyond it the
+// walk is linear.
+const maxIndexLists = 16
+
+// pathIndex indexes items (permissions or policies) by their conditions.
+type pathIndex struct {
+	items    []ixItem
+	free     []int32            // items without a prefix condition, in order
+	lens     []int              // distinct prefix lengths, ascending
+	byPrefix map[string][]int32 // prefix → items requiring it, in order
+}
+
+type ixItem struct{ suffix, method string }
+
+// newPathIndex returns an index of items with conditions cs, or nil when
+// it would not save anything.
+func newPathIndex(cs []pathCond) *pathIndex {
+	if len(cs) < indexMin {
+		return nil
+	}
+	ix := &pathIndex{items: make([]ixItem, len(cs)), byPrefix: map[string][]int32{}}
+	for i, c := range cs {
+		ix.items[i] = ixItem{suffix: c.suffix, method: c.method}
+		if c.prefixes == nil {
+			ix.free = append(ix.free, int32(i))
+			continue
+		}
+		for _, p := range c.prefixes {
+			l := ix.byPrefix[p]
+			if len(l) > 0 && l[len(l)-1] == int32(i) {
+				continue
+			}
+			if l == nil && !slices.Contains(ix.lens, len(p)) {
+				ix.lens = append(ix.lens, len(p))
+			}
+			ix.byPrefix[p] = append(l, int32(i))
+		}
+	}
+	slices.Sort(ix.lens)
+	if len(ix.byPrefix) == 0 || len(ix.lens)+1 > maxIndexLists {
+		// Nothing to look up, or too many lists to merge: a linear walk
+		// still uses the quick checks.
+		ix.byPrefix, ix.lens = nil, nil
+		ix.free = ix.free[:0]
+		for i := range cs {
+			ix.free = append(ix.free, int32(i))
+		}
+	}
+	return ix
+}
+
+// quick reports whether item i may match the request (method, path).
+func (ix *pathIndex) quick(i int32, method, path string) bool {
+	it := &ix.items[i]
+	return (it.method == "" || it.method == method) && strings.HasSuffix(path, it.suffix)
+}
+
+// candidates fills lists with the sorted lists of the items that may
+// match path: the unconstrained ones and those of each prefix path has.
+func (ix *pathIndex) candidates(path string, lists *[maxIndexLists][]int32) int {
+	k := 0
+	if len(ix.free) > 0 {
+		lists[k] = ix.free
+		k++
+	}
+	for _, l := range ix.lens {
+		if l > len(path) {
+			break
+		}
+		if c, ok := ix.byPrefix[path[:l]]; ok {
+			lists[k] = c
+			k++
+		}
+	}
+	return k
+}
+
+// anySet is an OR'd list of permissions (or principals).
+type anySet struct {
+	ms []permission
+	ix *pathIndex
+}
+
+func newAnySet(ms []permission, cs []pathCond) anySet {
+	return anySet{ms: ms, ix: newPathIndex(cs)}
+}
+
+func (s *anySet) match(r *http.Request, a *requestAttrs) bool {
+	if s.ix == nil || r == nil {
+		return anyMatch(s.ms, r, a)
+	}
+	path := a.urlPath(r)
+	var lists [maxIndexLists][]int32
+	k := s.ix.candidates(path, &lists)
+	// The order of an OR of pure predicates does not matter; an item
+	// listed twice (two of its prefixes) is only evaluated again.
+	for _, l := range lists[:k] {
+		for _, i := range l {
+			if s.ix.quick(i, r.Method, path) && s.ms[i](r, a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// firstPolicy returns the index of the first policy (in order) whose
+// permissions and principals match, -1 if none, using f.ix.
+func (f *rbacFilter) firstPolicy(r *http.Request, a *requestAttrs) int {
+	ix := f.ix
+	path := a.urlPath(r)
+	var lists [maxIndexLists][]int32
+	k := ix.candidates(path, &lists)
+	last := int32(-1)
+	for {
+		best := -1
+		for j := range k {
+			if len(lists[j]) > 0 && (best < 0 || lists[j][0] < lists[best][0]) {
+				best = j
+			}
+		}
+		if best < 0 {
+			return -1
+		}
+		i := lists[best][0]
+		lists[best] = lists[best][1:]
+		if i == last {
+			continue
+		}
+		last = i
+		if !ix.quick(i, r.Method, path) {
+			continue
+		}
+		p := &f.policies[i]
+		if p.permissions.match(r, a) && p.principals.match(r, a) {
+			return int(i)
+		}
+	}
+}
