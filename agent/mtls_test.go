@@ -1,19 +1,11 @@
 package agent_test
 
 import (
-	"context"
-	"io"
-	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/nodemesh/nodemesh/agent"
-	"github.com/nodemesh/nodemesh/agent/agenttest"
 	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/certs"
 	"github.com/nodemesh/nodemesh/certs/certstest"
@@ -44,52 +36,20 @@ items:
 // mTLS ports are programmed only after the ACK, and the ipcache marks
 // exactly the remote pods whose proxies accept mTLS.
 func TestMTLSModes(t *testing.T) {
-	dir := t.TempDir()
-	worldFile, polDir := filepath.Join(dir, "world.yaml"), filepath.Join(dir, "policies")
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(os.WriteFile(worldFile, []byte(mtlsWorld), 0o644))
-	must(os.Mkdir(polDir, 0o755))
-	dp, links := agenttest.NewDatapath(), agenttest.NewLinks()
+	s := newStandalone(t, mtlsWorld, map[string]string{"10.0.1.10": "veth-fe", "10.0.1.11": "veth-old", "10.0.1.12": "veth-safe"}, nil, nil)
+	dp, cfg := s.dp, s.cfg
 	fe, old, safe := netip.MustParseAddr("10.0.1.10"), netip.MustParseAddr("10.0.1.11"), netip.MustParseAddr("10.0.1.12")
-	links.Add(fe, "veth-fe")
-	links.Add(old, "veth-old")
-	links.Add(safe, "veth-safe")
-	cfg := agent.Config{NodeName: "node-1", WorldPaths: []string{worldFile}, PolicyPaths: []string{polDir},
-		APISocket: filepath.Join(dir, "agent.sock"), XDSSocket: filepath.Join(dir, "xds.sock")}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	src := &agent.StandaloneSource{WorldPaths: cfg.WorldPaths, PolicyPaths: cfg.PolicyPaths, Resync: time.Second, Log: log}
-	a, err := agent.New(cfg, "test", src, dp, links, log)
-	must(err)
 	ca := certstest.NewCA(t, certs.CAConfig{}, nil)
 	m, err := certs.NewManager(certs.ManagerConfig{NodeName: "node-1", TrustDomain: "cluster.local"}, ca)
-	must(err)
-	a.SetIdentities(m, m)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	var c *agent.Client
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.a.SetIdentities(m, m)
+	ctx, c := s.run(t)
 	waitFor(t, "the agent to enforce its pods and have their SVIDs", func() bool {
-		if c == nil {
-			c, _ = agent.Dial(cfg.APISocket)
-		}
-		if c == nil {
-			return false
-		}
 		st, err := c.Status(ctx)
 		return err == nil && st.Generation == 1 && st.Endpoints == 3 && st.MTLS.SVIDs == 2
 	})
-	defer c.Close()
 	const both = bpf.EndpointMTLSOriginate | bpf.EndpointMTLSAccept
 	check := func(when string, want map[netip.Addr]bpf.EndpointFlags, ports [2]uint16) {
 		t.Helper()
@@ -121,14 +81,18 @@ func TestMTLSModes(t *testing.T) {
 		t.Errorf("ipcache mTLS peers %v: want the remote default pod only (not the remote legacy pod, not local pods)", peers)
 	}
 	st, err := c.Status(ctx)
-	must(err)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if st.MTLS.Mode != "permissive" || st.MTLS.Namespaces["legacy"] != "disabled" || st.MTLS.Namespaces["vault"] != "strict" || st.MTLS.TrustDomain != "cluster.local" {
 		t.Errorf("status mTLS %+v", st.MTLS)
 	}
 	// The proxy is served the SVIDs of the pods that take part (frontend,
 	// vault/default), never legacy's, and the bundle.
 	dump, err := c.EnvoyConfig(ctx, "secrets")
-	must(err)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{"spiffe://cluster.local/ns/default/sa/frontend", "spiffe://cluster.local/ns/vault/sa/default", xds.TrustBundleSecretName} {
 		if !strings.Contains(string(dump.ConfigDump), want) {
 			t.Errorf("secrets served to the proxy lack %s", want)

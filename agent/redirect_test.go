@@ -2,11 +2,7 @@ package agent_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,8 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/nodemesh/nodemesh/agent"
-	"github.com/nodemesh/nodemesh/agent/agenttest"
 	"github.com/nodemesh/nodemesh/bpf"
 	"github.com/nodemesh/nodemesh/xds"
 )
@@ -88,48 +82,15 @@ func adsClient(ctx context.Context, t *testing.T, socket string, nack *atomic.Bo
 // is connected and while the proxy NACKs; once the proxy ACKs the
 // configuration, the agent reprograms it with the proxy's listeners.
 func TestRedirectOnlyAfterACK(t *testing.T) {
-	dir := t.TempDir()
-	worldFile, polDir := filepath.Join(dir, "world.yaml"), filepath.Join(dir, "policies")
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(os.WriteFile(worldFile, []byte(world), 0o644))
-	must(os.Mkdir(polDir, 0o755))
-	must(os.WriteFile(filepath.Join(polDir, "l7.yaml"), []byte(frontendL7), 0o644))
-	dp, links := agenttest.NewDatapath(), agenttest.NewLinks()
+	s := newStandalone(t, world, map[string]string{"10.0.1.10": "veth-fe"}, map[string]string{"l7.yaml": frontendL7}, nil)
+	dp, cfg := s.dp, s.cfg
 	fe := netip.MustParseAddr("10.0.1.10")
-	links.Add(fe, "veth-fe")
-	cfg := agent.Config{NodeName: "node-1", WorldPaths: []string{worldFile}, PolicyPaths: []string{polDir},
-		APISocket: filepath.Join(dir, "agent.sock"), XDSSocket: filepath.Join(dir, "xds.sock")}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	src := &agent.StandaloneSource{WorldPaths: cfg.WorldPaths, PolicyPaths: cfg.PolicyPaths, Resync: time.Second, Log: log}
-	a, err := agent.New(cfg, "test", src, dp, links, log)
-	must(err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	ctx, c := s.run(t)
 	ports := func() bpf.ProxyPorts { return dp.ProxyPortsOf(fe) }
-	var c *agent.Client
 	waitFor(t, "the agent to enforce the L7 policy", func() bool {
-		if c == nil {
-			c, _ = agent.Dial(cfg.APISocket)
-		}
-		if c == nil {
-			return false
-		}
 		st, err := c.Status(ctx)
 		return err == nil && st.Generation == 1 && st.Policies == 1
 	})
-	defer c.Close()
 	if p := ports(); p != (bpf.ProxyPorts{}) {
 		t.Fatalf("no proxy connected, but the table was programmed with proxy ports %+v", p)
 	}
@@ -157,7 +118,9 @@ func TestRedirectOnlyAfterACK(t *testing.T) {
 		return ports() == bpf.ProxyPorts{Ingress: xds.DefaultInboundPort, Egress: xds.DefaultOutboundPort}
 	})
 	st, err := c.Status(ctx)
-	must(err)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !st.ProxyAcked || st.ProxyOutboundPort != xds.DefaultOutboundPort {
 		t.Fatalf("status after the ACK: %+v", st)
 	}

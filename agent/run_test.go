@@ -25,54 +25,95 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestRunStandalone runs a whole agent on a fake datapath against files:
-// it follows edits, refuses invalid input while keeping the last good
-// state, and serves status, endpoints and flow events.
-func TestRunStandalone(t *testing.T) {
+// standalone is an agent on a fake datapath that reads a world file and a
+// policy directory in a test's temporary directory.
+type standalone struct {
+	cfg    agent.Config
+	dp     *agenttest.Datapath
+	a      *agent.Agent
+	polDir string
+}
+
+// newStandalone writes world and policies (file name → text), gives the
+// pods at the addresses of veths their interfaces, and assembles the
+// agent; extra, if set, changes the configuration first.
+func newStandalone(t *testing.T, world string, veths map[string]string, policies map[string]string, extra func(*agent.Config)) *standalone {
+	t.Helper()
 	dir := t.TempDir()
-	worldFile, polDir := filepath.Join(dir, "world.yaml"), filepath.Join(dir, "policies")
+	s := &standalone{dp: agenttest.NewDatapath(), polDir: filepath.Join(dir, "policies")}
+	worldFile := filepath.Join(dir, "world.yaml")
 	if err := os.WriteFile(worldFile, []byte(world), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(polDir, 0o755); err != nil {
+	if err := os.Mkdir(s.polDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write := func(name, s string) {
-		if err := os.WriteFile(filepath.Join(polDir, name), []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	for name, text := range policies {
+		s.writePolicy(t, name, text)
 	}
-	dp, links := agenttest.NewDatapath(), agenttest.NewLinks()
-	links.Add(netip.MustParseAddr("10.0.1.10"), "veth-fe")
-	cfg := agent.Config{NodeName: "node-1", WorldPaths: []string{worldFile}, PolicyPaths: []string{polDir},
-		APISocket: filepath.Join(dir, "agent.sock"), XDSSocket: filepath.Join(dir, "xds.sock"), MetricsAddr: "unix:" + filepath.Join(dir, "metrics.sock")}
+	links := agenttest.NewLinks()
+	for addr, veth := range veths {
+		links.Add(netip.MustParseAddr(addr), veth)
+	}
+	s.cfg = agent.Config{NodeName: "node-1", WorldPaths: []string{worldFile}, PolicyPaths: []string{s.polDir},
+		APISocket: filepath.Join(dir, "agent.sock"), XDSSocket: filepath.Join(dir, "xds.sock")}
+	if extra != nil {
+		extra(&s.cfg)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	src := &agent.StandaloneSource{WorldPaths: cfg.WorldPaths, PolicyPaths: cfg.PolicyPaths, Resync: time.Second, Log: log}
-	a, err := agent.New(cfg, "test", src, dp, links, log)
+	src := &agent.StandaloneSource{WorldPaths: s.cfg.WorldPaths, PolicyPaths: s.cfg.PolicyPaths, Resync: time.Second, Log: log}
+	a, err := agent.New(s.cfg, "test", src, s.dp, links, log)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.a = a
+	return s
+}
+
+func (s *standalone) writePolicy(t *testing.T, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(s.polDir, name), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run runs the agent until the test ends (then checks it stopped cleanly)
+// and returns a client of its API once it answers.
+func (s *standalone) run(t *testing.T) (context.Context, *agent.Client) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
+	go func() { done <- s.a.Run(ctx) }()
+	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
-	}()
-
+	})
 	var c *agent.Client
 	waitFor(t, "the API", func() bool {
 		var err error
-		c, err = agent.Dial(cfg.APISocket)
-		if err != nil {
-			return false
-		}
+		c, err = agent.Dial(s.cfg.APISocket)
+		return err == nil
+	})
+	t.Cleanup(func() { c.Close() })
+	return ctx, c
+}
+
+// TestRunStandalone runs a whole agent on a fake datapath against files:
+// it follows edits, refuses invalid input while keeping the last good
+// state, and serves status, endpoints and flow events.
+func TestRunStandalone(t *testing.T) {
+	s := newStandalone(t, world, map[string]string{"10.0.1.10": "veth-fe"}, nil, func(c *agent.Config) {
+		c.MetricsAddr = "unix:" + filepath.Join(filepath.Dir(c.APISocket), "metrics.sock")
+	})
+	write := func(name, text string) { s.writePolicy(t, name, text) }
+	dp := s.dp
+	ctx, c := s.run(t)
+	waitFor(t, "the first state", func() bool {
 		st, err := c.Status(ctx)
 		return err == nil && st.Generation == 1 && st.Healthy // an empty policy directory: no policies
 	})
-	defer c.Close()
 
 	write("backend.yaml", backendPolicy)
 	waitFor(t, "the first policy", func() bool {

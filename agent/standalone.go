@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"os"
@@ -103,26 +102,7 @@ func (s *StandaloneSource) Run(ctx context.Context, update func(Snapshot)) error
 
 // inputSum hashes the names and contents of every input file.
 func (s *StandaloneSource) inputSum() [32]byte {
-	h := sha256.New()
-	var files []string
-	for _, p := range append(append([]string{}, s.WorldPaths...), s.PolicyPaths...) {
-		fs, err := api.Files(p)
-		if err != nil {
-			fmt.Fprint(h, err) // an unreadable path; an empty directory lists nothing
-		}
-		files = append(files, fs...)
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			fmt.Fprint(h, err)
-		}
-		fmt.Fprintf(h, "%s\x00%d\x00", f, len(data))
-		h.Write(data)
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum
+	return api.ContentSum(append(append([]string{}, s.WorldPaths...), s.PolicyPaths...)...)
 }
 
 // loadPolicies loads the policy paths; an empty policy directory means no

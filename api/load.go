@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -336,6 +337,30 @@ func Files(paths ...string) ([]string, error) {
 		out = append(out, fs...)
 	}
 	return out, nil
+}
+
+// ContentSum hashes the names and contents of the files paths name (as
+// Files lists them), so that a follower of the inputs rereads them only
+// when something changed. An unreadable path or file changes the sum too.
+func ContentSum(paths ...string) [32]byte {
+	h := sha256.New()
+	for _, p := range paths {
+		files, err := expandPath(p)
+		if err != nil {
+			fmt.Fprint(h, err) // an unreadable path; an empty directory lists nothing
+		}
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				fmt.Fprint(h, err)
+			}
+			fmt.Fprintf(h, "%s\x00%d\x00", f, len(data))
+			h.Write(data)
+		}
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
 }
 
 // expandPath lists the YAML/JSON files a path names.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,7 +89,10 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ok, pol := f.evaluate(r, &attrs)
 		st.policy = pol
-		st.rbacMetadata(f, ok, pol)
+		if len(h.grpcLogs) > 0 {
+			// Only the gRPC access log entries carry the metadata.
+			st.rbacMetadata(f, ok, pol)
+		}
 		if !ok {
 			st.rbac = "denied"
 			p.metrics.rbac.WithLabelValues(lr.name, "denied").Inc()
@@ -395,6 +400,7 @@ func (p *Proxy) reverseProxy(u *upstreamCluster) *httputil.ReverseProxy {
 			FlushInterval: 0,
 			ErrorHandler:  func(w http.ResponseWriter, r *http.Request, err error) { p.upstreamError(u, w, r, err) },
 			ErrorLog:      p.discardLog,
+			BufferPool:    copyBuffers,
 		}
 	})
 	return u.proxy
@@ -518,5 +524,36 @@ func newRequestID() string {
 	_, _ = rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+	var out [36]byte
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:36], b[10:16])
+	return string(out[:])
+}
+
+// copyBuffers lends ReverseProxy its copy buffers (32 KiB, its default
+// size) instead of allocating one per request.
+var copyBuffers httputil.BufferPool = &bufferPool{}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32*1024)
+}
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) != 32*1024 {
+		return
+	}
+	buf = buf[:cap(buf)]
+	b.p.Put(&buf)
 }

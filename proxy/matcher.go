@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strings"
+	"unicode/utf8"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -18,6 +20,7 @@ import (
 type stringMatcher struct {
 	kind       int    // smExact...
 	value      string // smRegex: a literal prefix every match starts with
+	suffix     string // smRegex: a literal suffix every match ends with
 	re         *regexp.Regexp
 	ignoreCase bool
 }
@@ -34,7 +37,7 @@ func (m *stringMatcher) match(s string) bool {
 	if m.kind == smRegex {
 		// Rejecting on the literal prefix first saves most of the cost
 		// of the many regexes a request does not match.
-		return strings.HasPrefix(s, m.value) && m.re.MatchString(s)
+		return strings.HasPrefix(s, m.value) && strings.HasSuffix(s, m.suffix) && m.re.MatchString(s)
 	}
 	v := m.value
 	if m.ignoreCase {
@@ -86,6 +89,7 @@ func compileStringMatcher(path string, sm *matcher.StringMatcher) (*stringMatche
 		m.kind, m.re = smRegex, re
 		if !m.ignoreCase {
 			m.value = regexPrefix(p.SafeRegex.GetRegex())
+			m.suffix = regexSuffix(p.SafeRegex.GetRegex())
 		}
 		// A regex that is a plain literal ("GET") fully matches only
 		// itself: compare strings instead of running the automaton.
@@ -134,6 +138,37 @@ func regexPrefix(expr string) string {
 	}
 	p, _ := re.LiteralPrefix()
 	return p
+}
+
+// regexSuffix is a literal every full match of expr ends with: the
+// case-sensitive literals that end its top-level concatenation.
+func regexSuffix(expr string) string {
+	re, err := syntax.Parse(expr, syntax.Perl)
+	if err != nil {
+		return ""
+	}
+	re = re.Simplify()
+	subs := []*syntax.Regexp{re}
+	if re.Op == syntax.OpConcat {
+		subs = re.Sub
+	}
+	var rs []rune
+	for i := len(subs) - 1; i >= 0; i-- {
+		s := subs[i]
+		if s.Op != syntax.OpLiteral || s.Flags&syntax.FoldCase != 0 {
+			break
+		}
+		rs = append(slices.Clone(s.Rune), rs...)
+	}
+	// U+FFFD also matches an invalid byte: the suffix is what follows
+	// the last one.
+	for i := len(rs) - 1; i >= 0; i-- {
+		if rs[i] == utf8.RuneError {
+			rs = rs[i+1:]
+			break
+		}
+	}
+	return string(rs)
 }
 
 // literalRegex reports whether expr matches exactly one string.
@@ -194,7 +229,7 @@ func compileHeaderMatcher(path string, hm *route.HeaderMatcher) (*headerMatcher,
 		if rerr != nil {
 			return nil, rerr
 		}
-		m.str = &stringMatcher{kind: smRegex, re: re, value: regexPrefix(s.SafeRegexMatch.GetRegex())}
+		m.str = &stringMatcher{kind: smRegex, re: re, value: regexPrefix(s.SafeRegexMatch.GetRegex()), suffix: regexSuffix(s.SafeRegexMatch.GetRegex())}
 		if lit, ok := literalRegex(s.SafeRegexMatch.GetRegex()); ok {
 			m.str = &stringMatcher{kind: smExact, value: lit}
 		}

@@ -21,6 +21,7 @@ type rbacFilter struct {
 	enabled    bool
 	deny       bool // action DENY: a matching policy denies; ALLOW: a matching policy allows
 	policies   []rbacPolicy
+	ix         *pathIndex // the policies by their conditions, nil: walk them (rbacindex.go)
 }
 
 // rbacPolicy is one named policy: it matches when any permission and any
@@ -28,24 +29,25 @@ type rbacFilter struct {
 // Envoy's engine reports the first matching one.
 type rbacPolicy struct {
 	name        string
-	permissions []permission
-	principals  []principal
+	permissions anySet
+	principals  anySet
 }
 
 // requestAttrs is what RBAC rules look at besides the request itself.
 type requestAttrs struct {
 	remote netip.AddrPort // the downstream peer
 	local  netip.AddrPort // the original destination
-	path   *string        // requestPath, computed once
+	path   string         // requestPath, computed once (hasPath)
 	tls    *tlsInfo       // the downstream TLS session, nil for plaintext
+
+	hasPath bool
 }
 
 func (a *requestAttrs) urlPath(r *http.Request) string {
-	if a.path == nil {
-		p := requestPath(r)
-		a.path = &p
+	if !a.hasPath {
+		a.path, a.hasPath = requestPath(r), true
 	}
-	return *a.path
+	return a.path
 }
 
 type permission func(r *http.Request, a *requestAttrs) bool
@@ -88,6 +90,7 @@ func (f *rbacFilter) compileRules(rp string, rules *rbac.RBAC) error {
 		names = append(names, n)
 	}
 	slices.Sort(names)
+	var conds []pathCond
 	for _, n := range names {
 		pol := rules.GetPolicies()[n]
 		pp := fmt.Sprintf("%s.policies[%q]", rp, n)
@@ -98,22 +101,30 @@ func (f *rbacFilter) compileRules(rp string, rules *rbac.RBAC) error {
 			return fmt.Errorf("%s: permissions and principals must not be empty", pp)
 		}
 		p := rbacPolicy{name: n}
+		var perms []permission
+		var pcs []pathCond
 		for i, perm := range pol.GetPermissions() {
-			m, err := compilePermission(join(pp, at("permissions", i)), perm)
+			m, c, err := compilePermissionCond(join(pp, at("permissions", i)), perm)
 			if err != nil {
 				return err
 			}
-			p.permissions = append(p.permissions, m)
+			perms = append(perms, m)
+			pcs = append(pcs, c)
 		}
+		p.permissions = newAnySet(perms, pcs)
+		var prins []principal
 		for i, prin := range pol.GetPrincipals() {
 			m, err := compilePrincipal(join(pp, at("principals", i)), prin)
 			if err != nil {
 				return err
 			}
-			p.principals = append(p.principals, m)
+			prins = append(prins, m)
 		}
+		p.principals = anySet{ms: prins}
 		f.policies = append(f.policies, p)
+		conds = append(conds, orCond(pcs))
 	}
+	f.ix = newPathIndex(conds)
 	return nil
 }
 
@@ -123,9 +134,15 @@ func (f *rbacFilter) evaluate(r *http.Request, a *requestAttrs) (allowed bool, p
 	if !f.enabled {
 		return true, ""
 	}
+	if f.ix != nil && r != nil {
+		if i := f.firstPolicy(r, a); i >= 0 {
+			return !f.deny, f.policies[i].name
+		}
+		return f.deny, ""
+	}
 	for i := range f.policies {
 		p := &f.policies[i]
-		if anyMatch(p.permissions, r, a) && anyMatch(p.principals, r, a) {
+		if p.permissions.match(r, a) && p.principals.match(r, a) {
 			return !f.deny, p.name
 		}
 	}
@@ -151,102 +168,119 @@ func allMatch(ms []permission, r *http.Request, a *requestAttrs) bool {
 }
 
 func compilePermission(path string, p *rbac.Permission) (permission, error) {
+	m, _, err := compilePermissionCond(path, p)
+	return m, err
+}
+
+// compilePermissionCond compiles p and tells its necessary conditions
+// (rbacindex.go).
+func compilePermissionCond(path string, p *rbac.Permission) (permission, pathCond, error) {
 	if p == nil {
-		return nil, fmt.Errorf("%s: a permission is required", path)
+		return nil, pathCond{}, fmt.Errorf("%s: a permission is required", path)
 	}
 	switch r := p.GetRule().(type) {
 	case *rbac.Permission_Any:
 		if !r.Any {
-			return nil, fmt.Errorf("%s.any: must be true", path)
+			return nil, pathCond{}, fmt.Errorf("%s.any: must be true", path)
 		}
-		return func(*http.Request, *requestAttrs) bool { return true }, nil
+		return func(*http.Request, *requestAttrs) bool { return true }, pathCond{}, nil
 	case *rbac.Permission_AndRules:
-		ms, err := compilePermissions(path+".and_rules", r.AndRules)
+		ms, cs, err := compilePermissions(path+".and_rules", r.AndRules)
 		if err != nil {
-			return nil, err
+			return nil, pathCond{}, err
 		}
-		return func(q *http.Request, a *requestAttrs) bool { return allMatch(ms, q, a) }, nil
+		return func(q *http.Request, a *requestAttrs) bool { return allMatch(ms, q, a) }, andCond(cs), nil
 	case *rbac.Permission_OrRules:
-		ms, err := compilePermissions(path+".or_rules", r.OrRules)
+		ms, cs, err := compilePermissions(path+".or_rules", r.OrRules)
 		if err != nil {
-			return nil, err
+			return nil, pathCond{}, err
 		}
-		return func(q *http.Request, a *requestAttrs) bool { return anyMatch(ms, q, a) }, nil
+		set := newAnySet(ms, cs)
+		if set.ix == nil {
+			return func(q *http.Request, a *requestAttrs) bool { return anyMatch(ms, q, a) }, orCond(cs), nil
+		}
+		return set.match, orCond(cs), nil
 	case *rbac.Permission_NotRule:
-		m, err := compilePermission(path+".not_rule", r.NotRule)
+		m, _, err := compilePermissionCond(path+".not_rule", r.NotRule)
 		if err != nil {
-			return nil, err
+			return nil, pathCond{}, err
 		}
-		return func(q *http.Request, a *requestAttrs) bool { return !m(q, a) }, nil
+		return func(q *http.Request, a *requestAttrs) bool { return !m(q, a) }, pathCond{}, nil
 	case *rbac.Permission_Header:
 		hm, err := compileHeaderMatcher(path+".header", r.Header)
 		if err != nil {
-			return nil, err
+			return nil, pathCond{}, err
 		}
-		return func(q *http.Request, _ *requestAttrs) bool { return hm.match(q) }, nil
+		return func(q *http.Request, _ *requestAttrs) bool { return hm.match(q) }, methodCond(hm), nil
 	case *rbac.Permission_UrlPath:
-		return compileURLPath(path+".url_path", r.UrlPath)
+		m, sm, err := compileURLPath(path+".url_path", r.UrlPath)
+		if err != nil {
+			return nil, pathCond{}, err
+		}
+		return m, urlPathCond(sm), nil
 	case *rbac.Permission_DestinationIp:
 		pfx, err := compileCIDR(path+".destination_ip", r.DestinationIp)
 		if err != nil {
-			return nil, err
+			return nil, pathCond{}, err
 		}
-		return func(_ *http.Request, a *requestAttrs) bool { return pfx.Contains(a.local.Addr()) }, nil
+		return func(_ *http.Request, a *requestAttrs) bool { return pfx.Contains(a.local.Addr()) }, pathCond{}, nil
 	case *rbac.Permission_DestinationPort:
 		port := r.DestinationPort
 		if port > 65535 {
-			return nil, fmt.Errorf("%s.destination_port %d: out of range", path, port)
+			return nil, pathCond{}, fmt.Errorf("%s.destination_port %d: out of range", path, port)
 		}
-		return func(_ *http.Request, a *requestAttrs) bool { return uint32(a.local.Port()) == port }, nil
+		return func(_ *http.Request, a *requestAttrs) bool { return uint32(a.local.Port()) == port }, pathCond{}, nil
 	case *rbac.Permission_DestinationPortRange:
 		if err := onlyFields(path+".destination_port_range", r.DestinationPortRange, "start", "end"); err != nil {
-			return nil, err
+			return nil, pathCond{}, err
 		}
 		lo, hi := r.DestinationPortRange.GetStart(), r.DestinationPortRange.GetEnd()
 		if lo > hi {
-			return nil, fmt.Errorf("%s.destination_port_range: start %d after end %d", path, lo, hi)
+			return nil, pathCond{}, fmt.Errorf("%s.destination_port_range: start %d after end %d", path, lo, hi)
 		}
 		// Envoy's Int32Range is half-open: [start, end).
 		return func(_ *http.Request, a *requestAttrs) bool {
 			p := int32(a.local.Port())
 			return p >= lo && p < hi
-		}, nil
+		}, pathCond{}, nil
 	case nil:
-		return nil, fmt.Errorf("%s: a rule is required", path)
+		return nil, pathCond{}, fmt.Errorf("%s: a rule is required", path)
 	default:
-		return nil, fmt.Errorf("%s: permission %s is not supported by nodemesh-proxy", path, ruleName(p.ProtoReflect().WhichOneof(p.ProtoReflect().Descriptor().Oneofs().ByName("rule")).Name()))
+		return nil, pathCond{}, fmt.Errorf("%s: permission %s is not supported by nodemesh-proxy", path, ruleName(p.ProtoReflect().WhichOneof(p.ProtoReflect().Descriptor().Oneofs().ByName("rule")).Name()))
 	}
 }
 
-func compilePermissions(path string, s *rbac.Permission_Set) ([]permission, error) {
+func compilePermissions(path string, s *rbac.Permission_Set) ([]permission, []pathCond, error) {
 	if len(s.GetRules()) == 0 {
-		return nil, fmt.Errorf("%s.rules: must not be empty", path)
+		return nil, nil, fmt.Errorf("%s.rules: must not be empty", path)
 	}
 	var ms []permission
+	var cs []pathCond
 	for i, p := range s.GetRules() {
-		m, err := compilePermission(join(path, at("rules", i)), p)
+		m, c, err := compilePermissionCond(join(path, at("rules", i)), p)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		ms = append(ms, m)
+		cs = append(cs, c)
 	}
-	return ms, nil
+	return ms, cs, nil
 }
 
 // compileURLPath matches the request path without its query string, as
 // Envoy's url_path does.
-func compileURLPath(path string, pm *matcher.PathMatcher) (permission, error) {
+func compileURLPath(path string, pm *matcher.PathMatcher) (permission, *stringMatcher, error) {
 	if pm == nil {
-		return nil, fmt.Errorf("%s: a path matcher is required", path)
+		return nil, nil, fmt.Errorf("%s: a path matcher is required", path)
 	}
 	if err := onlyFields(path, pm, "path"); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sm, err := compileStringMatcher(path+".path", pm.GetPath())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return func(q *http.Request, a *requestAttrs) bool { return sm.match(a.urlPath(q)) }, nil
+	return func(q *http.Request, a *requestAttrs) bool { return sm.match(a.urlPath(q)) }, sm, nil
 }
 
 func compilePrincipal(path string, p *rbac.Principal) (principal, error) {
@@ -303,7 +337,8 @@ func compilePrincipal(path string, p *rbac.Principal) (principal, error) {
 		}
 		return func(q *http.Request, _ *requestAttrs) bool { return hm.match(q) }, nil
 	case *rbac.Principal_UrlPath:
-		return compileURLPath(path+".url_path", id.UrlPath)
+		m, _, err := compileURLPath(path+".url_path", id.UrlPath)
+		return m, err
 	case *rbac.Principal_Authenticated_:
 		return compileAuthenticated(path+".authenticated", id.Authenticated)
 	case nil:

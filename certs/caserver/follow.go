@@ -2,7 +2,6 @@ package caserver
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,7 +50,7 @@ func (s *Server) FollowWorld(ctx context.Context, paths []string, resync time.Du
 	read := func() {
 		// Hash first, load second: a file changing in between is read
 		// again at the next event or resync.
-		sum := worldSum(paths)
+		sum := api.ContentSum(paths...)
 		if sum == last {
 			return
 		}
@@ -91,24 +90,3 @@ func (s *Server) FollowWorld(ctx context.Context, paths []string, resync time.Du
 	}
 }
 
-// worldSum hashes the names and contents of the world's files.
-func worldSum(paths []string) [32]byte {
-	h := sha256.New()
-	for _, p := range paths {
-		files, err := api.Files(p)
-		if err != nil {
-			fmt.Fprint(h, err)
-		}
-		for _, f := range files {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				fmt.Fprint(h, err)
-			}
-			fmt.Fprintf(h, "%s\x00%d\x00", f, len(data))
-			h.Write(data)
-		}
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	return sum
-}

@@ -12,21 +12,15 @@ import (
 	"github.com/nodemesh/nodemesh/tests/podtool"
 )
 
-// mtlsBenchPolicies: the backend accepts the frontend on 80 with the seed's
-// L7 rule and on 8080 without L7 rules.
-const mtlsBenchPolicies = `apiVersion: cilium.io/v2
+// mtlsBenchPolicies: the seed scenario with its L7 rule on the backend's
+// port 80, and 8080 open to the frontend without L7 rules.
+const mtlsBenchPolicies = e2e.SeedL7Ingress + `---
+apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
-metadata: {name: frontend-backend-policy, namespace: default}
+metadata: {name: backend-http-8080, namespace: default}
 spec:
   endpointSelector: {matchLabels: {app: backend}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-      rules:
-        http: [{method: GET, path: "/userdata/[0-9]+"}]
-  - fromEndpoints: [{matchLabels: {app: frontend}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}], toPorts: [{ports: [{port: "8080", protocol: TCP}]}]}]
 `
 
 // BenchmarkMTLSPath measures, on the virtual cluster, HTTP keep-alive
