@@ -131,7 +131,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.XDSSocket, "xds-socket", c.XDSSocket, "unix socket of the xDS server for the node proxy (default /run/nodemesh/<node>/xds.sock)")
 	c.Proxy.BindFlags(fs)
 	fs.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "mTLS between node proxies for pods on different nodes: disabled, permissive (originate mTLS to mesh peers, accept mTLS and plaintext) or strict (refuse plaintext from mesh pods); the namespace label "+MTLSModeLabel+" overrides it (default permissive)")
-	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain of the workload identities spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
+	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain of the workload identities spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> (default cluster.local)")
 	fs.StringVar(&c.CASocket, "ca-socket", c.CASocket, "this node's socket of the built-in CA, nodemesh-ca (default /run/nodemesh/ca/nodes/<node>.sock)")
-	fs.StringVar(&c.IdentitySource, "identity-source", c.IdentitySource, "where the workloads' SVIDs come from: ca (the built-in CA, nodemesh-ca, at --ca-socket) or spire (a SPIRE agent's Workload API at --spire-socket; see docs/spire.md)")
+	fs.StringVar(&c.IdentitySource, "identity-source", c.IdentitySource, "where the workloads' SVIDs come from: ca (the built-in CA, nodemesh-ca, at --ca-socket) or spire (a SPIRE agent's Workload API at --spire-socket; see docs/spire.md) (default ca)")
 }

@@ -85,7 +85,7 @@ func TestRBACIndexSameVerdicts(t *testing.T) {
 			return &rbac.Permission{Rule: &rbac.Permission_AndRules{AndRules: &rbac.Permission_Set{Rules: rs}}}
 		}
 	}
-	for round := range 300 {
+	for round := range 120 {
 		pols := map[string]*rbac.Policy{}
 		for i := range 1 + rng.IntN(30) {
 			var ps []*rbac.Permission

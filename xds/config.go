@@ -99,7 +99,7 @@ func (c *Config) Validate() error {
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.Uint16Var(&c.InboundPort, "proxy-inbound-port", c.InboundPort, "port of the proxy's transparent listener for connections to local pods (ingress L7 policy)")
 	fs.Uint16Var(&c.OutboundPort, "proxy-outbound-port", c.OutboundPort, "port of the proxy's transparent listener for connections from local pods (egress L7 policy)")
-	fs.Uint16Var(&c.MTLSInboundPort, "proxy-mtls-inbound-port", c.MTLSInboundPort, "port of the proxy's transparent listener terminating mTLS from mesh pods on other nodes (connections without L7 rules)")
-	fs.Uint16Var(&c.MTLSOutboundPort, "proxy-mtls-outbound-port", c.MTLSOutboundPort, "port of the proxy's transparent listener originating mTLS to mesh pods on other nodes (connections without L7 rules)")
+	fs.Uint16Var(&c.MTLSInboundPort, "proxy-mtls-inbound-port", c.MTLSInboundPort, "port of the proxy's transparent listener terminating mTLS from mesh pods on other nodes, for connections without L7 rules (default 15008)")
+	fs.Uint16Var(&c.MTLSOutboundPort, "proxy-mtls-outbound-port", c.MTLSOutboundPort, "port of the proxy's transparent listener originating mTLS to mesh pods on other nodes, for connections without L7 rules (default 15002)")
 	fs.DurationVar(&c.ConnectTimeout, "proxy-connect-timeout", c.ConnectTimeout, "timeout of the proxy's connection to the original destination")
 }

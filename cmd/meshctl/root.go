@@ -59,7 +59,11 @@ equivalents), and it says whether a flow is allowed, which policy and rule
 decided, and why — the same answer the nodes enforce.
 
 It also asks a node's agent, over its local socket, what it enforces:
-'meshctl status', 'meshctl endpoints', and 'meshctl observe' for flow events.
+'meshctl status', 'meshctl endpoints', 'meshctl observe' for flow events
+(datapath verdicts, the proxy's HTTP requests, mTLS connections),
+'meshctl envoy config' for what the node proxy is served, and 'meshctl
+identities' / 'meshctl certs' for the workloads' SPIFFE identities. 'meshctl
+ca' manages the built-in CA (nodemesh-ca).
 
 Exit status: 0 on success (denied flows included), 1 when --fail-on-deny is
 given and a flow is denied, 2 on bad flags or bad input (nothing is printed
@@ -85,9 +89,8 @@ on standard output then; the problems are on standard error).`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%s: %w\nRun '%s --help' for usage.", c.CommandPath(), err, c.CommandPath())
 	})
-	root.AddCommand(newVersionCmd(), newPolicyCmd(), newStatusCmd(), newEndpointsCmd(), newObserveCmd(), newEnvoyCmd())
-	root.AddCommand(newIdentitiesCmd(), newCertsCmd())
-	root.AddCommand(newCACmd())
+	root.AddCommand(newVersionCmd(), newPolicyCmd(), newStatusCmd(), newEndpointsCmd(), newObserveCmd(), newEnvoyCmd(),
+		newIdentitiesCmd(), newCertsCmd(), newCACmd())
 	return root
 }
 

@@ -52,13 +52,23 @@ directories, follows changes to them, and programs the node's eBPF datapath:
 tc programs on each pod's host-side veth, an ipcache and a policy table per
 pod. An invalid change is refused and the last good state stays in force.
 
+mTLS between node proxies (docs/mtls.md): with --mtls-mode permissive (the
+default) or strict, TCP between mesh pods on different nodes goes through the
+two node proxies over TLS 1.3 with each workload's SPIFFE identity. The
+agent gets the SVIDs of its node's pods from the built-in CA (nodemesh-ca,
+--ca-socket) or from SPIRE (--identity-source spire), serves them to the
+proxy over SDS, and steers flows to it once it has acknowledged them. The
+namespace label mtls.nodemesh.io/mode overrides the mode.
+
 Programs, links and maps are pinned in bpffs: when the agent stops or
 crashes, enforcement goes on with the last state, and a restarted agent
 adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 'meshctl observe' talk to it over --api-socket.`,
 		Example: `  nodemesh-agent --node-name node-1 --world /etc/nodemesh/world --policies /etc/nodemesh/policies
   nsenter --net=/run/netns/node-1 nodemesh-agent --node-name node-1 --world w.yaml --policies p/ \
-      --metrics-addr 127.0.0.1:9962`,
+      --metrics-addr 127.0.0.1:9962
+  nodemesh-agent --node-name node-1 --world w.yaml --policies p/ --mtls-mode strict \
+      --ca-socket /run/nodemesh/ca/nodes/node-1.sock`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
