@@ -153,7 +153,10 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st.startTimers(idle, h.requestTimeout, re.timeout)
 	defer st.stopTimers()
-	out := r.WithContext(context.WithValue(ctx, streamKey{}, st))
+	// The upstream connection's local address comes from the
+	// transport's trace (activityTransport used to add it per round trip).
+	st.trace.GotConn = st.gotConn
+	out := r.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, streamKey{}, st), &st.trace))
 	if r.Body != nil && r.Body != http.NoBody {
 		out.Body = &activityBody{ReadCloser: r.Body, st: st, downstream: true}
 	} else {
@@ -194,6 +197,12 @@ type stream struct {
 	routeT       atomic.Pointer[time.Timer]
 	routeTimeout time.Duration
 	reqDone      atomic.Bool
+	trace        httptrace.ClientTrace
+}
+
+func (st *stream) gotConn(ci httptrace.GotConnInfo) {
+	a := unmap(ci.Conn.LocalAddr())
+	st.upstreamLocal.Store(&a)
 }
 
 func (st *stream) startTimers(idle, request, route time.Duration) {
@@ -447,10 +456,6 @@ type activityTransport struct{ u *upstreamCluster }
 
 func (t *activityTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	st := r.Context().Value(streamKey{}).(*stream)
-	r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
-		a := unmap(ci.Conn.LocalAddr())
-		st.upstreamLocal.Store(&a)
-	}}))
 	tr, err := t.u.transportFor(st.h2, st.ci.bind)
 	if err != nil {
 		return nil, &connectError{fmt.Errorf("%w: %v", errNoTLS, err)}

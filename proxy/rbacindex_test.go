@@ -87,10 +87,16 @@ func TestRBACIndexSameVerdicts(t *testing.T) {
 	}
 	for round := range 120 {
 		pols := map[string]*rbac.Policy{}
-		for i := range 1 + rng.IntN(30) {
+		for i := range 1 + rng.IntN(40) {
 			var ps []*rbac.Permission
 			for range 1 + rng.IntN(12) {
-				ps = append(ps, perm(0))
+				if round%3 == 0 || rng.IntN(30) == 0 {
+					ps = append(ps, perm(0))
+					continue
+				}
+				// The generated shape: method and path.
+				ps = append(ps, &rbac.Permission{Rule: &rbac.Permission_AndRules{AndRules: &rbac.Permission_Set{Rules: []*rbac.Permission{
+					perm(3), {Rule: &rbac.Permission_UrlPath{UrlPath: &matcher.PathMatcher{Rule: &matcher.PathMatcher_Path{Path: strMatcher()}}}}}}}})
 			}
 			pols[fmt.Sprintf("p%03d", i)] = &rbac.Policy{Permissions: ps, Principals: []*rbac.Principal{{Identifier: &rbac.Principal_Any{Any: true}}}}
 		}

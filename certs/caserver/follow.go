@@ -89,4 +89,3 @@ func (s *Server) FollowWorld(ctx context.Context, paths []string, resync time.Du
 		}
 	}
 }
-
