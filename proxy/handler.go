@@ -68,9 +68,11 @@ func (lr *listenerRuntime) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// (:scheme, x-forwarded-proto).
 		r.TLS = &tls.ConnectionState{Version: ci.tls.version, HandshakeComplete: true, ServerName: ci.tls.serverName, PeerCertificates: ci.tls.peer}
 	}
-	rw := &respWriter{ResponseWriter: w}
-	st := &stream{start: time.Now(), rw: rw, ci: ci, h: h, h2: r.ProtoMajor == 2}
-	rw.st = st
+	// One allocation for the stream and its response writer.
+	st := &stream{start: time.Now(), ci: ci, h: h, h2: r.ProtoMajor == 2}
+	st.rwv = respWriter{ResponseWriter: w, st: st}
+	rw := &st.rwv
+	st.rw = rw
 	defer st.finish(lr, r)
 
 	if headerBytes(r) > h.maxHeaderBytes {
@@ -171,6 +173,7 @@ type streamKey struct{}
 type stream struct {
 	start  time.Time
 	rw     *respWriter
+	rwv    respWriter // what rw points to
 	ci     *connInfo
 	h      *hcmConfig
 	h2     bool   // the downstream speaks HTTP/2

@@ -167,11 +167,6 @@ func allMatch(ms []permission, r *http.Request, a *requestAttrs) bool {
 	return true
 }
 
-func compilePermission(path string, p *rbac.Permission) (permission, error) {
-	m, _, err := compilePermissionCond(path, p)
-	return m, err
-}
-
 // compilePermissionCond compiles p and tells its necessary conditions
 // (rbacindex.go).
 func compilePermissionCond(path string, p *rbac.Permission) (permission, pathCond, error) {

@@ -138,15 +138,28 @@ const indexMin = 8
 // walk is linear.
 const maxIndexLists = 16
 
-// pathIndex indexes items (permissions or policies) by their conditions.
+// pathIndex indexes items (permissions or policies) by their conditions:
+// by literal prefix, then, in a large bucket, by literal suffix.
 type pathIndex struct {
 	items    []ixItem
-	free     []int32            // items without a prefix condition, in order
+	free     bucket             // items without a prefix condition
 	lens     []int              // distinct prefix lengths, ascending
-	byPrefix map[string][]int32 // prefix → items requiring it, in order
+	byPrefix map[string]*bucket // prefix → items requiring it
 }
 
 type ixItem struct{ suffix, method string }
+
+// bucket holds items in order; when large, also by their suffix (all
+// nil: walk all).
+type bucket struct {
+	all      []int32
+	noSuffix []int32            // items without a suffix condition
+	sLens    []int              // distinct suffix lengths, ascending
+	bySuffix map[string][]int32 // suffix → items requiring it
+}
+
+// maxSuffixLens bounds the lookups of a bucket by suffix.
+const maxSuffixLens = 8
 
 // newPathIndex returns an index of items with conditions cs, or nil when
 // it would not save anything.
@@ -154,35 +167,99 @@ func newPathIndex(cs []pathCond) *pathIndex {
 	if len(cs) < indexMin || !rbacIndexing {
 		return nil
 	}
-	ix := &pathIndex{items: make([]ixItem, len(cs)), byPrefix: map[string][]int32{}}
+	ix := &pathIndex{items: make([]ixItem, len(cs)), byPrefix: map[string]*bucket{}}
 	for i, c := range cs {
 		ix.items[i] = ixItem{suffix: c.suffix, method: c.method}
 		if c.prefixes == nil {
-			ix.free = append(ix.free, int32(i))
+			ix.free.all = append(ix.free.all, int32(i))
 			continue
 		}
 		for _, p := range c.prefixes {
-			l := ix.byPrefix[p]
-			if len(l) > 0 && l[len(l)-1] == int32(i) {
+			b := ix.byPrefix[p]
+			if b == nil {
+				b = &bucket{}
+				ix.byPrefix[p] = b
+				if !slices.Contains(ix.lens, len(p)) {
+					ix.lens = append(ix.lens, len(p))
+				}
+			}
+			if n := len(b.all); n > 0 && b.all[n-1] == int32(i) {
 				continue
 			}
-			if l == nil && !slices.Contains(ix.lens, len(p)) {
-				ix.lens = append(ix.lens, len(p))
-			}
-			ix.byPrefix[p] = append(l, int32(i))
+			b.all = append(b.all, int32(i))
 		}
 	}
 	slices.Sort(ix.lens)
-	if len(ix.byPrefix) == 0 || len(ix.lens)+1 > maxIndexLists {
-		// Nothing to look up, or too many lists to merge: a linear walk
-		// still uses the quick checks.
+	if len(ix.byPrefix) == 0 || len(ix.lens) > maxIndexLists/2 {
+		// Nothing to look up, or too many lists to merge.
 		ix.byPrefix, ix.lens = nil, nil
-		ix.free = ix.free[:0]
+		ix.free = bucket{}
 		for i := range cs {
-			ix.free = append(ix.free, int32(i))
+			ix.free.all = append(ix.free.all, int32(i))
 		}
 	}
+	ix.free.indexSuffixes(ix.items)
+	for _, b := range ix.byPrefix {
+		b.indexSuffixes(ix.items)
+	}
 	return ix
+}
+
+// indexSuffixes indexes a large bucket's items by their suffix.
+func (b *bucket) indexSuffixes(items []ixItem) {
+	if len(b.all) < indexMin {
+		return
+	}
+	var noSuffix []int32
+	var lens []int
+	by := map[string][]int32{}
+	for _, i := range b.all {
+		sfx := items[i].suffix
+		if sfx == "" {
+			noSuffix = append(noSuffix, i)
+			continue
+		}
+		if _, ok := by[sfx]; !ok && !slices.Contains(lens, len(sfx)) {
+			lens = append(lens, len(sfx))
+		}
+		by[sfx] = append(by[sfx], i)
+	}
+	if len(by) == 0 || len(lens) > maxSuffixLens {
+		return
+	}
+	slices.Sort(lens)
+	b.noSuffix, b.sLens, b.bySuffix = noSuffix, lens, by
+}
+
+// add appends to lists[k:] the lists of b's items that may match path;
+// false when they do not fit.
+func (b *bucket) add(path string, lists *[maxIndexLists][]int32, k *int) bool {
+	push := func(l []int32) bool {
+		if len(l) == 0 {
+			return true
+		}
+		if *k == maxIndexLists {
+			return false
+		}
+		lists[*k] = l
+		*k++
+		return true
+	}
+	if b.bySuffix == nil {
+		return push(b.all)
+	}
+	if !push(b.noSuffix) {
+		return false
+	}
+	for _, l := range b.sLens {
+		if l > len(path) {
+			break
+		}
+		if c, ok := b.bySuffix[path[len(path)-l:]]; ok && !push(c) {
+			return false
+		}
+	}
+	return true
 }
 
 // quick reports whether item i may match the request (method, path).
@@ -193,22 +270,20 @@ func (ix *pathIndex) quick(i int32, method, path string) bool {
 
 // candidates fills lists with the sorted lists of the items that may
 // match path: the unconstrained ones and those of each prefix path has.
-func (ix *pathIndex) candidates(path string, lists *[maxIndexLists][]int32) int {
-	k := 0
-	if len(ix.free) > 0 {
-		lists[k] = ix.free
-		k++
+// ok is false when there are too many lists: every item may match.
+func (ix *pathIndex) candidates(path string, lists *[maxIndexLists][]int32) (k int, ok bool) {
+	if !ix.free.add(path, lists, &k) {
+		return 0, false
 	}
 	for _, l := range ix.lens {
 		if l > len(path) {
 			break
 		}
-		if c, ok := ix.byPrefix[path[:l]]; ok {
-			lists[k] = c
-			k++
+		if b, found := ix.byPrefix[path[:l]]; found && !b.add(path, lists, &k) {
+			return 0, false
 		}
 	}
-	return k
+	return k, true
 }
 
 // anySet is an OR'd list of permissions (or principals).
@@ -227,7 +302,15 @@ func (s *anySet) match(r *http.Request, a *requestAttrs) bool {
 	}
 	path := a.urlPath(r)
 	var lists [maxIndexLists][]int32
-	k := s.ix.candidates(path, &lists)
+	k, ok := s.ix.candidates(path, &lists)
+	if !ok {
+		for i, m := range s.ms {
+			if s.ix.quick(int32(i), r.Method, path) && m(r, a) {
+				return true
+			}
+		}
+		return false
+	}
 	// The order of an OR of pure predicates does not matter; an item
 	// listed twice (two of its prefixes) is only evaluated again.
 	for _, l := range lists[:k] {
@@ -246,7 +329,16 @@ func (f *rbacFilter) firstPolicy(r *http.Request, a *requestAttrs) int {
 	ix := f.ix
 	path := a.urlPath(r)
 	var lists [maxIndexLists][]int32
-	k := ix.candidates(path, &lists)
+	k, ok := ix.candidates(path, &lists)
+	if !ok {
+		for i := range f.policies {
+			p := &f.policies[i]
+			if ix.quick(int32(i), r.Method, path) && p.permissions.match(r, a) && p.principals.match(r, a) {
+				return i
+			}
+		}
+		return -1
+	}
 	last := int32(-1)
 	for {
 		best := -1

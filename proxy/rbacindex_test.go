@@ -28,8 +28,13 @@ func TestRBACIndexSameVerdicts(t *testing.T) {
 		for range 1 + rng.IntN(3) {
 			p += "/" + pick(segs)
 		}
-		if rng.IntN(4) == 0 {
+		switch rng.IntN(6) {
+		case 0:
 			p += fmt.Sprint(rng.IntN(100))
+		case 1:
+			p += fmt.Sprintf("/%d/item-%d", rng.IntN(100), rng.IntN(3))
+		case 2:
+			p += pick(segs) + "x"
 		}
 		if rng.IntN(5) == 0 {
 			p += "?q=" + pick(segs)
@@ -150,6 +155,46 @@ func TestRequestIDFormat(t *testing.T) {
 	for range 100 {
 		if id := newRequestID(); !re.MatchString(id) {
 			t.Fatalf("request id %q", id)
+		}
+	}
+}
+
+// TestRBACIndexManyLists: more candidate lists than the merge takes
+// (prefixes of 8 lengths, each with suffixes of 3 lengths) fall back to
+// the walk, with the same verdicts.
+func TestRBACIndexManyLists(t *testing.T) {
+	pols := map[string]*rbac.Policy{}
+	var ors []*rbac.Permission
+	sfx := []string{"z", "yz", "xyz"}
+	for p := 1; p <= 8; p++ {
+		for j := range 9 {
+			pol := pt.MethodPathPolicy("GET", regexp.QuoteMeta("/abcdefgh"[:p+1])+".*"+sfx[j%3]+fmt.Sprint(j/3))
+			pols[fmt.Sprintf("p%d-%d", p, j)] = pol
+			ors = append(ors, pol.Permissions[0])
+		}
+	}
+	or := &rbac.Policy{Permissions: []*rbac.Permission{{Rule: &rbac.Permission_OrRules{OrRules: &rbac.Permission_Set{Rules: ors}}}},
+		Principals: []*rbac.Principal{{Identifier: &rbac.Principal_Any{Any: true}}}}
+	for _, ps := range []map[string]*rbac.Policy{pols, {"or": or}} {
+		cfg := pt.Any(&rbacfilter.RBAC{Rules: &rbac.RBAC{Policies: ps}})
+		indexed, err := compileRBAC("rbac", filterRBAC, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rbacIndexing = false
+		linear, err := compileRBAC("rbac", filterRBAC, cfg)
+		rbacIndexing = true
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, path := range []string{"/abcdefghi/xyz0", "/abcdefghi/xyz1", "/abcdefghi/xyz2", "/abcdefghi/yz2", "/abcd/z1", "/a/xyz0", "/b/xyz0", "/abcdefghi/xyz3"} {
+			r := httptest.NewRequest("GET", path, nil)
+			var a1, a2 requestAttrs
+			ok1, p1 := indexed.evaluate(r, &a1)
+			ok2, p2 := linear.evaluate(r, &a2)
+			if ok1 != ok2 || p1 != p2 {
+				t.Fatalf("%s: indexed %v %q, linear %v %q", path, ok1, p1, ok2, p2)
+			}
 		}
 	}
 }

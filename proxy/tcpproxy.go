@@ -163,7 +163,7 @@ func l4Permission(path string, p *rbac.Permission) error {
 		return fmt.Errorf("%s: permission %s needs an HTTP request: not supported in %s", path,
 			p.ProtoReflect().WhichOneof(p.ProtoReflect().Descriptor().Oneofs().ByName("rule")).Name(), filterNetRBAC)
 	}
-	return nil // the others are checked by compilePermission
+	return nil // the others are checked by compilePermissionCond
 }
 
 func l4Principal(path string, p *rbac.Principal) error {
