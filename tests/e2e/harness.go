@@ -118,39 +118,40 @@ func (h *Harness) StartProxy(ctx context.Context, node string) (*vcluster.Proces
 	return p, nil
 }
 
-// ProxyCPU is the CPU time a node's running proxy has used so far (user +
-// system, from /proc).
-func (h *Harness) ProxyCPU(node string) (time.Duration, error) {
+// ProxyCPU is the CPU time a node's running proxy has used so far, in user
+// mode and in the kernel (from /proc). The kernel part includes what the
+// proxy's sends make the kernel do on the spot, which on veths is the
+// receiving side's processing too.
+func (h *Harness) ProxyCPU(node string) (user, sys time.Duration, err error) {
 	h.mu.Lock()
 	p := h.proxies[node]
 	h.mu.Unlock()
 	if p == nil {
-		return 0, fmt.Errorf("no proxy running on %s", node)
+		return 0, 0, fmt.Errorf("no proxy running on %s", node)
 	}
 	return ProcessCPU(p.Pid())
 }
 
-// ProcessCPU is a process's CPU time (user + system) from /proc/PID/stat.
-func ProcessCPU(pid int) (time.Duration, error) {
+// ProcessCPU is a process's CPU time in user mode and in the kernel, from
+// /proc/PID/stat.
+func ProcessCPU(pid int) (user, sys time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The fields after the command name (which may hold spaces, in
 	// parentheses): state is field 3, utime 14 and stime 15.
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
 	}
-	var ticks int64
-	for _, s := range f[11:13] {
-		var n int64
-		if _, err := fmt.Sscan(s, &n); err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	var ticks [2]int64
+	for i, s := range f[11:13] {
+		if _, err := fmt.Sscan(s, &ticks[i]); err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 		}
-		ticks += n
 	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
+	return time.Duration(ticks[0]) * time.Second / clockTicks, time.Duration(ticks[1]) * time.Second / clockTicks, nil
 }
 
 // clockTicks is USER_HZ, the unit of /proc's CPU times: 100 on every Linux

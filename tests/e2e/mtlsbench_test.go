@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodemesh/nodemesh/bench/report"
 	"github.com/nodemesh/nodemesh/tests/e2e"
 	"github.com/nodemesh/nodemesh/tests/podtool"
 )
@@ -50,48 +51,62 @@ func BenchmarkMTLSPath(b *testing.B) {
 		{"mtls-l7", "permissive", fmt.Sprintf("%s:80", backend.IP)},
 	}
 	type sample struct {
-		r   podtool.RRResult
-		cpu float64 // vCPU of both proxies per 1,000 req/s
+		r        podtool.RRResult
+		cpu, sys float64 // vCPU of both proxies per 1,000 req/s: in all, in the kernel
 	}
 	for b.Loop() {
 		res := map[string][]sample{}
 		for round := range rounds {
 			for _, c := range configs {
 				setMode(b, h, c.mode)
-				before := proxiesCPU(b, h)
+				beforeUser, beforeSys := proxiesCPU(b, h)
 				start := time.Now()
 				var r podtool.RRResult
 				err := podtoolJSON(ctx, h.Podtool, h.C.Pod("default", "frontend"), &r, "hrr", "--to", c.target, "--path", "/userdata/1",
 					"--duration", dur.String(), "--conns", "4", "--rate", fmt.Sprint(rate))
-				used := proxiesCPU(b, h) - before
+				user, sys := proxiesCPU(b, h)
+				user, sys = user-beforeUser, sys-beforeSys
 				if err != nil || !r.OK {
 					b.Fatalf("%s round %d: %+v %v", c.name, round+1, r, err)
 				}
-				s := sample{r: r, cpu: used.Seconds() / time.Since(start).Seconds() * 1000 / r.RPS}
-				fmt.Fprintf(os.Stderr, "  %-8s round %d/%d: %6.0f req/s  p50 %4d µs  p99 %5d µs  proxies %.3f vCPU per 1,000 req/s  (load %s)\n",
-					c.name, round+1, rounds, r.RPS, r.P50us, r.P99us, s.cpu, loadavg())
+				per1k := func(d time.Duration) float64 { return d.Seconds() / time.Since(start).Seconds() * 1000 / r.RPS }
+				s := sample{r: r, cpu: per1k(user + sys), sys: per1k(sys)}
+				fmt.Fprintf(os.Stderr, "  %-8s round %d/%d: %6.0f req/s  p50 %4d µs  p99 %5d µs  proxies %.3f vCPU per 1,000 req/s (%.3f in the kernel)  (load %s)\n",
+					c.name, round+1, rounds, r.RPS, r.P50us, r.P99us, s.cpu, s.sys, loadavg())
 				res[c.name] = append(res[c.name], s)
 			}
 		}
 		// Each figure's own median over the rounds.
 		med := func(name string) sample {
-			var p50, p99, rps, cpu []float64
+			var p50, p99, rps, cpu, sys []float64
 			for _, s := range res[name] {
 				p50, p99 = append(p50, float64(s.r.P50us)), append(p99, float64(s.r.P99us))
-				rps, cpu = append(rps, s.r.RPS), append(cpu, s.cpu)
+				rps, cpu, sys = append(rps, s.r.RPS), append(cpu, s.cpu), append(sys, s.sys)
 			}
-			return sample{r: podtool.RRResult{P50us: int64(median(p50)), P99us: int64(median(p99)), RPS: median(rps)}, cpu: median(cpu)}
+			return sample{r: podtool.RRResult{P50us: int64(median(p50)), P99us: int64(median(p99)), RPS: median(rps)}, cpu: median(cpu), sys: median(sys)}
 		}
 		base := med("direct")
 		b.ReportMetric(float64(base.r.P50us), "direct-p50-µs")
 		b.ReportMetric(float64(base.r.P99us), "direct-p99-µs")
+		p50 := report.New("mtls/vcluster/direct/p50", float64(base.r.P50us), "us")
+		p99 := report.New("mtls/vcluster/direct/p99", float64(base.r.P99us), "us")
+		results := []report.Result{p50, p99}
 		for _, c := range configs[1:] {
 			m := med(c.name)
-			fmt.Fprintf(os.Stderr, "%s at %d req/s: p50 %d µs (+%d), p99 %d µs (+%d) vs direct; both proxies %.3f vCPU per 1,000 req/s\n",
-				c.name, rate, m.r.P50us, m.r.P50us-base.r.P50us, m.r.P99us, m.r.P99us-base.r.P99us, m.cpu)
+			fmt.Fprintf(os.Stderr, "%s at %d req/s: p50 %d µs (+%d), p99 %d µs (+%d) vs direct; both proxies %.3f vCPU per 1,000 req/s (%.3f of it in the kernel)\n",
+				c.name, rate, m.r.P50us, m.r.P50us-base.r.P50us, m.r.P99us, m.r.P99us-base.r.P99us, m.cpu, m.sys)
 			b.ReportMetric(float64(m.r.P50us-base.r.P50us), c.name+"-p50-added-µs")
 			b.ReportMetric(float64(m.r.P99us-base.r.P99us), c.name+"-p99-added-µs")
 			b.ReportMetric(m.cpu, c.name+"-proxies-vCPU-per-1k-rps")
+			b.ReportMetric(m.sys, c.name+"-proxies-kernel-vCPU-per-1k-rps")
+			results = append(results,
+				report.Against("mtls/vcluster/"+c.name+"/p50", float64(m.r.P50us), "us", p50),
+				report.Against("mtls/vcluster/"+c.name+"/p99", float64(m.r.P99us), "us", p99),
+				report.New("mtls/vcluster/"+c.name+"/proxies_vcpu_per_1k_rps", m.cpu, "vCPU"),
+				report.New("mtls/vcluster/"+c.name+"/proxies_kernel_vcpu_per_1k_rps", m.sys, "vCPU"))
+		}
+		if err := report.MergeEnv(results); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
@@ -133,15 +148,16 @@ func setMode(b *testing.B, h *e2e.Harness, mode string) {
 	}
 }
 
-func proxiesCPU(b *testing.B, h *e2e.Harness) time.Duration {
+// proxiesCPU is both node proxies' CPU time so far, in user mode and in
+// the kernel.
+func proxiesCPU(b *testing.B, h *e2e.Harness) (user, sys time.Duration) {
 	b.Helper()
-	var total time.Duration
 	for _, n := range []string{"node-1", "node-2"} {
-		d, err := h.ProxyCPU(n)
+		u, s, err := h.ProxyCPU(n)
 		if err != nil {
 			b.Fatal(err)
 		}
-		total += d
+		user, sys = user+u, sys+s
 	}
-	return total
+	return user, sys
 }
