@@ -1112,6 +1112,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 			v.reason = NM_REASON_PROXY_ENFORCED;
 		}
 	}
+	if (!v.drop && dir == NM_DIR_EGRESS && (ipc_flags & NM_IPC_NO_TUNNEL)) {
+		/* Encryption is on and the destination's node has no WireGuard
+		 * peer yet: never in plaintext. */
+		v.reason = NM_REASON_ENCRYPTION_UNAVAILABLE;
+		v.drop = 1;
+		v.redirect = 0;
+	}
 	if (!v.drop && !v.redirect && p.tuple.proto == IPPROTO_TCP && (ipc_flags & NM_IPC_REMOTE_POD) && !proxy_mark(skb))
 		mtls_steer(ep, dir, ipc_flags, &v);
 	if (v.redirect) {

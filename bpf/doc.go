@@ -85,6 +85,14 @@
 // to the egress proxy's upstream). 0x0a00 means the ingress L7 rules were
 // enforced (proxy-enforced). No socket or listener: proxy-unavailable.
 //
+// # Encryption between nodes
+//
+// With WireGuard on, the ipcache marks remote pods whose node has no
+// WireGuard peer yet (policy.IPCacheEntry.NoTunnel): from_pod drops what a
+// local pod sends them as encryption-unavailable, any protocol, so that
+// nothing leaves for such a node in plaintext (the routes send the rest
+// through the WireGuard device).
+//
 // # Maps
 //
 // All pinned in Config.PinDir (one directory per node): endpoints (pod

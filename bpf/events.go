@@ -45,8 +45,12 @@ const (
 	ReasonFragment         Reason = 19 // a later fragment of a passed datagram
 	ReasonToProxy          Reason = 20 // handed to the node proxy's socket (L7 rules)
 	ReasonProxyEnforced    Reason = 21 // the proxy's upstream connection, after its ingress L7 check
+	// ReasonEncryptionUnavailable: encryption between nodes is on and the
+	// destination's node has no WireGuard peer (yet): dropped, never sent
+	// in plaintext.
+	ReasonEncryptionUnavailable Reason = 22
 
-	numReasons = 22
+	numReasons = 23
 	// reasonSlots is NM_REASON_MAX: counter slots per direction.
 	reasonSlots = 32
 )
@@ -57,7 +61,7 @@ var reasonNames = [numReasons]string{
 	policy.ReasonNotIsolated, policy.ReasonLocalNode, policy.ReasonSelf,
 	"established", "reply", "related", "spoofed-source", "unknown-endpoint", "proxy-unavailable",
 	"policy-missing", "malformed", "fragment-unknown", "link-control", "unsupported-l3", "fragment",
-	"to-proxy", "proxy-enforced",
+	"to-proxy", "proxy-enforced", "encryption-unavailable",
 }
 
 func (r Reason) String() string {
@@ -103,7 +107,8 @@ func (v Verdict) String() string {
 func (r Reason) Verdict() Verdict {
 	switch r {
 	case ReasonDenied, ReasonDefaultDeny, ReasonSpoofedSource, ReasonUnknownEndpoint, ReasonProxyUnavailable,
-		ReasonPolicyMissing, ReasonMalformed, ReasonFragmentUnknown, ReasonUnsupportedL3, ReasonUnknown:
+		ReasonPolicyMissing, ReasonMalformed, ReasonFragmentUnknown, ReasonUnsupportedL3, ReasonUnknown,
+		ReasonEncryptionUnavailable:
 		return Dropped
 	case ReasonToProxy:
 		return Redirected

@@ -177,6 +177,9 @@ func (d *Datapath) SyncIPCache(entries []policy.IPCacheEntry) error {
 		if e.MTLSPeer {
 			v.Flags |= ipcMTLSPeer
 		}
+		if e.NoTunnel {
+			v.Flags |= ipcNoTunnel
+		}
 		if err := d.objs.Ipcache.Put(&k, &v); err != nil {
 			return fmt.Errorf("sync ipcache: set %s: %w", e.Prefix, err)
 		}

@@ -19,6 +19,7 @@ const (
 
 	ipcRemotePod = 0x01 // ipcache_value.flags: a mesh pod on another node
 	ipcMTLSPeer  = 0x02 // ... whose node proxy accepts mTLS for it
+	ipcNoTunnel  = 0x04 // ... whose node has no WireGuard peer while encryption is on
 
 	// policyKeyFixedBits are the always-matched bits of a policy key:
 	// dir, kind, proto, pad and peer_id.

@@ -673,6 +673,10 @@ type IPCacheEntry struct {
 	// mTLS mode is not disabled), so that a source proxy may originate
 	// mTLS to it. The engine does not know modes: the agent sets it.
 	MTLSPeer bool
+	// NoTunnel: a RemotePod whose node has no WireGuard peer while
+	// encryption between nodes is on: the datapath drops traffic to it
+	// (encryption-unavailable). The agent sets it.
+	NoTunnel bool
 }
 
 // IPCache returns, for the node named localNode, every address the

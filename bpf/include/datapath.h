@@ -64,6 +64,7 @@ enum nm_reason {
 	NM_REASON_FRAGMENT = 19,         /* fragment: a later fragment of a passed datagram */
 	NM_REASON_TO_PROXY = 20,         /* to-proxy: handed to the node proxy's socket */
 	NM_REASON_PROXY_ENFORCED = 21,   /* proxy-enforced: the proxy's upstream after its ingress L7 check */
+	NM_REASON_ENCRYPTION_UNAVAILABLE = 22, /* encryption-unavailable: to a node without a WireGuard peer */
 	NM_REASON_MAX = 32,              /* counters slots per direction */
 };
 
@@ -110,6 +111,7 @@ struct ipcache_value {
 /* ipcache_value.flags */
 #define NM_IPC_REMOTE_POD 0x01 /* a mesh pod on another node */
 #define NM_IPC_MTLS_PEER 0x02  /* ... whose node proxy accepts mTLS for it (its mode is not disabled) */
+#define NM_IPC_NO_TUNNEL 0x04  /* ... whose node has no WireGuard peer while encryption is on: drop */
 
 struct endpoint_key {
 	__u8 addr[16];
