@@ -60,6 +60,13 @@ type Agent struct {
 	nsProblems    []string
 	svidWorkloads string // the workloads last given to idManager
 	mtlsPorts     [2]uint16
+	// world is the last snapshot's world; tunnel the node's WireGuard
+	// device (nil: encryption off), keyStore where nodes publish keys,
+	// tun what the device was last given.
+	world    *api.World
+	tunnel   Tunnel
+	keyStore KeyStore
+	tun      tunnelState
 }
 
 // applied is the state last pushed into the engine, to diff the next
@@ -160,6 +167,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("metrics", func() error { return a.metrics.serve(ctx, a.cfg.MetricsAddr) })
 	}
 	a.runIdentities(ctx, run)
+	if a.tunnel != nil {
+		run("tunnel-keys", func() error { a.followKeys(ctx, a.cfg.Resync); return nil })
+	}
 	run("links", func() error { return a.links.Watch(ctx, a.attach) })
 	run("events", func() error { return a.dp.ReadEvents(ctx, a.recordEvent) })
 	run("source", func() error { return a.src.Run(ctx, a.Apply) })
@@ -234,6 +244,7 @@ func (a *Agent) Apply(s Snapshot) {
 	if s.World == nil {
 		return
 	}
+	a.world = s.World
 	if err := a.diffIntoEngine(s); err != nil {
 		a.log.Error("apply snapshot", "err", err)
 		a.status.LastError = err.Error()
@@ -369,6 +380,9 @@ func (a *Agent) program() {
 	in := xds.InputFromEngine(a.engine, a.cfg.NodeName, a.cfg.Proxy)
 	ipc := a.engine.IPCache(a.cfg.NodeName)
 	a.withMTLS(&in, ipc, byKey)
+	if err := a.programTunnel(ipc); err != nil {
+		fail("encryption between nodes", err)
+	}
 	ready := map[string]bool{}
 	for _, ep := range in.Endpoints {
 		ready[ep.Key] = in.MTLS.Ready(ep)

@@ -253,6 +253,7 @@ type Server interface {
 	EnvoyConfig(context.Context, *EnvoyConfigRequest) (*EnvoyConfig, error)
 	Identities(context.Context) (*IdentityList, error)
 	Certs(context.Context, *CertsRequest) (*CertChains, error)
+	Encryption(context.Context) (*EncryptionStatus, error)
 	Observe(ctx context.Context, req *ObserveRequest, send func(*FlowEvent) error) error
 }
 
@@ -284,6 +285,12 @@ var serviceDesc = grpc.ServiceDesc{
 				return nil, err
 			}
 			return srv.(Server).EnvoyConfig(ctx, req)
+		}},
+		{MethodName: "Encryption", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			if err := dec(&EncryptionStatusRequest{}); err != nil {
+				return nil, err
+			}
+			return srv.(Server).Encryption(ctx)
 		}},
 		{MethodName: "Identities", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 			if err := dec(&IdentitiesRequest{}); err != nil {
@@ -382,6 +389,12 @@ func (c *Client) EnvoyConfig(ctx context.Context, typ string) (*EnvoyConfig, err
 func (c *Client) Identities(ctx context.Context) (*IdentityList, error) {
 	out := &IdentityList{}
 	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/Identities", &IdentitiesRequest{}, out)
+}
+
+// Encryption calls the Encryption method.
+func (c *Client) Encryption(ctx context.Context) (*EncryptionStatus, error) {
+	out := &EncryptionStatus{}
+	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/Encryption", &EncryptionStatusRequest{}, out)
 }
 
 // Certs calls the Certs method.

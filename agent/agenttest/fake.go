@@ -216,3 +216,48 @@ func (d *Datapath) ProxyPortsOf(addr netip.Addr) bpf.ProxyPorts {
 	defer d.mu.Unlock()
 	return d.ProxyPorts[d.EPs[addr]]
 }
+
+// Tunnel is a WireGuard device that records its peers.
+type Tunnel struct {
+	mu    sync.Mutex
+	Key   string
+	Port  int
+	peers []agent.TunnelPeer
+	Sets  int // SetPeers calls
+}
+
+// PublicKey implements agent.Tunnel.
+func (t *Tunnel) PublicKey() string { return t.Key }
+
+// ListenPort implements agent.Tunnel.
+func (t *Tunnel) ListenPort() int { return t.Port }
+
+// SetPeers implements agent.Tunnel.
+func (t *Tunnel) SetPeers(ps []agent.TunnelPeer) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.peers, t.Sets = append([]agent.TunnelPeer(nil), ps...), t.Sets+1
+	return nil
+}
+
+// Peers returns the peers last set.
+func (t *Tunnel) Peers() []agent.TunnelPeer {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]agent.TunnelPeer(nil), t.peers...)
+}
+
+// Status implements agent.Tunnel.
+func (t *Tunnel) Status() (*agent.EncryptionStatus, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := &agent.EncryptionStatus{Interface: "fake-wg", Kind: "fake", PublicKey: t.Key, ListenPort: t.Port}
+	for _, p := range t.peers {
+		info := agent.TunnelPeerInfo{PublicKey: p.PublicKey, Endpoint: p.Endpoint.String()}
+		for _, c := range p.AllowedIPs {
+			info.AllowedIPs = append(info.AllowedIPs, c.String())
+		}
+		st.Peers = append(st.Peers, info)
+	}
+	return st, nil
+}

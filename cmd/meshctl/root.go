@@ -90,7 +90,7 @@ on standard output then; the problems are on standard error).`,
 		return fmt.Errorf("%s: %w\nRun '%s --help' for usage.", c.CommandPath(), err, c.CommandPath())
 	})
 	root.AddCommand(newVersionCmd(), newPolicyCmd(), newStatusCmd(), newEndpointsCmd(), newObserveCmd(), newEnvoyCmd(),
-		newIdentitiesCmd(), newCertsCmd(), newCACmd())
+		newIdentitiesCmd(), newCertsCmd(), newCACmd(), newEncryptionCmd())
 	return root
 }
 
