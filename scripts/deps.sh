@@ -12,6 +12,7 @@ packages=(
 	iptables          # make bench: the iptables comparison; tests/l7bench: TPROXY
 	haproxy wrk       # tests/l7bench: the L7 proxy comparison and its load generator
 	tcpdump           # tests/e2e: capture the underlay to prove mTLS flows carry no plaintext
+	wireguard-go wireguard-tools  # wireguard: the benchmark's comparison peer (Debian's userspace WireGuard)
 )
 
 missing=()
@@ -28,4 +29,4 @@ fi
 echo ">> installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${missing[@]}"
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
