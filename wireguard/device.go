@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -48,6 +49,7 @@ type Device struct {
 	mu       sync.Mutex // serializes configuration; guards the fields below
 	names    map[wgtypes.Key]string
 	families []int // address families of the ip rules Open added
+	fallback []netip.Prefix // SetFallback's blackholes
 	closed   bool
 }
 

@@ -173,6 +173,10 @@ func (d *Device) syncRoutes(prefixes []netip.Prefix) error {
 	for _, p := range prefixes {
 		want[p] = true
 	}
+	wantFallback := map[netip.Prefix]bool{}
+	for _, p := range d.fallback {
+		wantFallback[p] = true
+	}
 	var errs []error
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		routes, err := d.nl.RouteListFiltered(fam, &netlink.Route{Table: d.cfg.RouteTable}, netlink.RT_FILTER_TABLE)
@@ -187,6 +191,10 @@ func (d *Device) syncRoutes(prefixes []netip.Prefix) error {
 			dst := routeDst(r, fam)
 			if want[dst] && r.LinkIndex == d.index && r.Gw == nil {
 				delete(want, dst) // in place already
+				continue
+			}
+			if r.Type == unix.RTN_BLACKHOLE && r.Priority == fallbackMetric && wantFallback[dst] {
+				delete(wantFallback, dst)
 				continue
 			}
 			if err := d.nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -205,7 +213,60 @@ func (d *Device) syncRoutes(prefixes []netip.Prefix) error {
 			errs = append(errs, fmt.Errorf("route %s dev %s table %d: %w", p, d.cfg.Interface, d.cfg.RouteTable, err))
 		}
 	}
+	for p := range wantFallback {
+		r := &netlink.Route{
+			Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+			Table:    d.cfg.RouteTable,
+			Type:     unix.RTN_BLACKHOLE,
+			Priority: fallbackMetric,
+		}
+		if err := d.nl.RouteAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("blackhole %s table %d: %w", p, d.cfg.RouteTable, err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// fallbackMetric is the metric of SetFallback's blackhole routes: behind
+// the device's own routes (metric 0) for the same prefix.
+const fallbackMetric = 4096
+
+// SetFallback makes the route table drop traffic to prefixes that no
+// peer's route covers: a blackhole route per prefix, behind the device's
+// routes. Unlike those, a blackhole does not depend on the link, so while
+// the device is down (a userspace device's process restarting) or a
+// node's key is unknown, traffic to the prefixes is dropped instead of
+// falling through to the main table's routes in plaintext. The
+// prefixes are typically every other node's pod CIDRs. nil removes them.
+func (d *Device) SetFallback(prefixes []netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("wireguard %s: the device is closed", d.cfg.Interface)
+	}
+	d.fallback = slices.Clone(prefixes)
+	cur, err := d.wg.Device(d.cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("wireguard %s: read device: %w", d.cfg.Interface, err)
+	}
+	var have []netip.Prefix
+	for _, p := range cur.Peers {
+		for _, a := range p.AllowedIPs {
+			if pre, ok := netipPrefix(a); ok {
+				have = append(have, pre)
+			}
+		}
+	}
+	return d.syncRoutes(have)
+}
+
+func netipPrefix(n net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones).Masked(), true
 }
 
 func routeDst(r netlink.Route, fam int) netip.Prefix {
