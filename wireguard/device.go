@@ -48,7 +48,7 @@ type Device struct {
 
 	mu       sync.Mutex // serializes configuration; guards the fields below
 	names    map[wgtypes.Key]string
-	families []int // address families of the ip rules Open added
+	families []int          // address families of the ip rules Open added
 	fallback []netip.Prefix // SetFallback's blackholes
 	closed   bool
 }
