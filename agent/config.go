@@ -39,6 +39,12 @@ type Config struct {
 	// Workload API (flags of package certs/spire).
 	IdentitySource string
 	CASocket       string
+	// Encryption is "disabled" or "wireguard": transparent encryption of
+	// pod traffic between nodes (package wireguard; its flags configure
+	// the device). KeyStore is where nodes publish their public keys in
+	// standalone mode (a directory every agent can read).
+	Encryption string
+	KeyStore   string
 }
 
 // MTLSModeLabel is the namespace label that overrides --mtls-mode for the
@@ -66,6 +72,12 @@ func (c *Config) Defaults() {
 	}
 	if c.TrustDomain == "" {
 		c.TrustDomain = DefaultTrustDomain
+	}
+	if c.Encryption == "" {
+		c.Encryption = "disabled"
+	}
+	if c.KeyStore == "" {
+		c.KeyStore = "/run/nodemesh/wireguard/keys"
 	}
 	if c.IdentitySource == "" {
 		c.IdentitySource = "ca"
@@ -108,6 +120,9 @@ func (c *Config) Validate() error {
 	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
 		errs = append(errs, fmt.Errorf("--trust-domain %q: %w", c.TrustDomain, err))
 	}
+	if c.Encryption != "disabled" && c.Encryption != "wireguard" {
+		errs = append(errs, fmt.Errorf("--encryption %q: want disabled or wireguard", c.Encryption))
+	}
 	if c.IdentitySource != "ca" && c.IdentitySource != "spire" {
 		errs = append(errs, fmt.Errorf("--identity-source %q: want ca (the built-in CA, nodemesh-ca) or spire", c.IdentitySource))
 	}
@@ -133,5 +148,7 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.MTLSMode, "mtls-mode", c.MTLSMode, "mTLS between node proxies for pods on different nodes: disabled, permissive (originate mTLS to mesh peers, accept mTLS and plaintext) or strict (refuse plaintext from mesh pods); the namespace label "+MTLSModeLabel+" overrides it (default permissive)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain of the workload identities spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> (default cluster.local)")
 	fs.StringVar(&c.CASocket, "ca-socket", c.CASocket, "this node's socket of the built-in CA, nodemesh-ca (default /run/nodemesh/ca/nodes/<node>.sock)")
+	fs.StringVar(&c.Encryption, "encryption", c.Encryption, "encrypt pod traffic between nodes: disabled or wireguard (each node makes its key pair, publishes the public key in --wireguard-key-store and peers with every node that did; pod traffic to a node without a key is dropped, never sent in plaintext) (default disabled)")
+	fs.StringVar(&c.KeyStore, "wireguard-key-store", c.KeyStore, "standalone mode: directory where the nodes publish their WireGuard public keys and endpoints, shared by all agents (default /run/nodemesh/wireguard/keys)")
 	fs.StringVar(&c.IdentitySource, "identity-source", c.IdentitySource, "where the workloads' SVIDs come from: ca (the built-in CA, nodemesh-ca, at --ca-socket) or spire (a SPIRE agent's Workload API at --spire-socket; see docs/spire.md) (default ca)")
 }

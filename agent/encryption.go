@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/nodemesh/nodemesh/api"
@@ -24,8 +25,10 @@ type Tunnel interface {
 	PublicKey() string
 	// ListenPort is the UDP port peers send to.
 	ListenPort() int
-	// SetPeers makes the device's peers (and their routes) exactly peers.
-	SetPeers(peers []TunnelPeer) error
+	// SetPeers makes the device's peers (and their routes) exactly peers;
+	// traffic to the fallback prefixes that no peer covers (or while the
+	// device is down) is dropped, never routed in plaintext.
+	SetPeers(peers []TunnelPeer, fallback []netip.Prefix) error
 	// Status describes the device and its peers.
 	Status() (*EncryptionStatus, error)
 }
@@ -71,6 +74,7 @@ func (a *Agent) SetTunnel(t Tunnel, store KeyStore) {
 type tunnelState struct {
 	keys      map[string]TunnelKey
 	peers     []TunnelPeer
+	remote    []netip.Prefix // the fallback: every other node's pod CIDRs
 	missing   []string
 	endpoint  netip.AddrPort
 	published TunnelKey
@@ -125,17 +129,17 @@ func (a *Agent) programTunnel(ipc []policy.IPCacheEntry) error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	peers, missing, err := tunnelPeers(a.world, a.cfg.NodeName, keys)
+	peers, missing, remote, err := tunnelPeers(a.world, a.cfg.NodeName, keys)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if !reflect.DeepEqual(peers, a.tun.peers) {
-		if err := a.tunnel.SetPeers(peers); err != nil {
+	if !reflect.DeepEqual(peers, a.tun.peers) || !slices.Equal(remote, a.tun.remote) {
+		if err := a.tunnel.SetPeers(peers, remote); err != nil {
 			// The previous peers stay; pods no peer covers are dropped.
 			errs = append(errs, fmt.Errorf("set WireGuard peers: %w", err))
 			peers = a.tun.peers
 		} else {
-			a.tun.peers = peers
+			a.tun.peers, a.tun.remote = peers, remote
 			a.log.Info("WireGuard peers set", "peers", len(peers), "missing", missing)
 		}
 	}

@@ -124,8 +124,9 @@ func validNodeName(n string) bool {
 // tunnelPeers derives the device's peers from the world and the published
 // keys: every other node with a key, allowed its pod CIDRs. Nodes without
 // pod CIDRs get no peer (there is nothing of theirs to route); nodes
-// without a key are returned in missing.
-func tunnelPeers(w *api.World, self string, keys map[string]TunnelKey) (peers []TunnelPeer, missing []string, err error) {
+// without a key are returned in missing. remote are every other node's pod
+// CIDRs, keyed or not: what must never leave in plaintext.
+func tunnelPeers(w *api.World, self string, keys map[string]TunnelKey) (peers []TunnelPeer, missing []string, remote []netip.Prefix, err error) {
 	var errs []error
 	for i := range w.Nodes {
 		n := &w.Nodes[i]
@@ -141,6 +142,7 @@ func tunnelPeers(w *api.World, self string, keys map[string]TunnelKey) (peers []
 		if len(cidrs) == 0 {
 			continue
 		}
+		remote = append(remote, cidrs...)
 		k, ok := keys[name]
 		if !ok {
 			missing = append(missing, name)
@@ -150,7 +152,8 @@ func tunnelPeers(w *api.World, self string, keys map[string]TunnelKey) (peers []
 	}
 	slices.SortFunc(peers, func(a, b TunnelPeer) int { return strings.Compare(a.Node, b.Node) })
 	slices.Sort(missing)
-	return peers, missing, errors.Join(errs...)
+	slices.SortFunc(remote, netip.Prefix.Compare)
+	return peers, missing, slices.Compact(remote), errors.Join(errs...)
 }
 
 // podCIDRs are a node's pod CIDRs (podCIDRs, else podCIDR), deduplicated.

@@ -57,13 +57,16 @@ func TestTunnelPeers(t *testing.T) {
 		t.Errorf("published file: %v %v, want 0644 (public keys only)", st.Mode(), err)
 	}
 
-	peers, missing, err := tunnelPeers(&w, "node-1", keys)
+	peers, missing, remote, err := tunnelPeers(&w, "node-1", keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(peers) != 1 || peers[0].Node != "node-2" || peers[0].PublicKey != "pub2" || len(peers[0].AllowedIPs) != 2 ||
 		peers[0].AllowedIPs[1] != netip.MustParsePrefix("fd00:2::/64") || peers[0].Endpoint.Port() != 51871 {
 		t.Errorf("peers %+v: want node-2 with both pod CIDRs", peers)
+	}
+	if len(remote) != 3 || remote[0] != netip.MustParsePrefix("10.0.2.0/24") || remote[2] != netip.MustParsePrefix("fd00:2::/64") {
+		t.Errorf("remote pod CIDRs %v: want node-2's and node-3's", remote)
 	}
 	if len(missing) != 1 || missing[0] != "node-3" {
 		t.Errorf("missing %v: want node-3 (node-4 has no pod CIDR, node-1 is this node)", missing)

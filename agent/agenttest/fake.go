@@ -219,11 +219,12 @@ func (d *Datapath) ProxyPortsOf(addr netip.Addr) bpf.ProxyPorts {
 
 // Tunnel is a WireGuard device that records its peers.
 type Tunnel struct {
-	mu    sync.Mutex
-	Key   string
-	Port  int
-	peers []agent.TunnelPeer
-	Sets  int // SetPeers calls
+	mu       sync.Mutex
+	Key      string
+	Port     int
+	peers    []agent.TunnelPeer
+	Fallback []netip.Prefix
+	Sets     int // SetPeers calls
 }
 
 // PublicKey implements agent.Tunnel.
@@ -233,10 +234,11 @@ func (t *Tunnel) PublicKey() string { return t.Key }
 func (t *Tunnel) ListenPort() int { return t.Port }
 
 // SetPeers implements agent.Tunnel.
-func (t *Tunnel) SetPeers(ps []agent.TunnelPeer) error {
+func (t *Tunnel) SetPeers(ps []agent.TunnelPeer, fallback []netip.Prefix) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.peers, t.Sets = append([]agent.TunnelPeer(nil), ps...), t.Sets+1
+	t.Fallback = append([]netip.Prefix(nil), fallback...)
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/nodemesh/nodemesh/certs"
 	"github.com/nodemesh/nodemesh/certs/caserver"
 	"github.com/nodemesh/nodemesh/certs/spire"
+	"github.com/nodemesh/nodemesh/wireguard"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -38,6 +39,7 @@ func newCmd() *cobra.Command {
 	var splicePods, spliceProxy string
 	var svidCfg certs.ManagerConfig
 	var spireCfg spire.Config
+	var wgCfg wireguard.Config
 	c := &cobra.Command{
 		Use:   "nodemesh-agent --node-name NODE --world PATH --policies PATH",
 		Short: "Enforce Nodemesh policy for the pods of one node",
@@ -104,6 +106,15 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 			if err := setIdentities(a, cfg, spireCfg, svidCfg, log); err != nil {
 				return err
 			}
+			if cfg.Encryption == "wireguard" {
+				dev, err := openTunnel(a, cfg, wgCfg, log)
+				if err != nil {
+					return fmt.Errorf("encryption between nodes: %w", err)
+				}
+				// A userspace device lives in this process: when it ends,
+				// the fallback routes drop what would have gone through it.
+				defer dev.Close()
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return a.Run(ctx)
@@ -112,6 +123,7 @@ adopts it without a gap. 'meshctl status', 'meshctl endpoints' and
 	cfg.BindFlags(c.Flags())
 	svidCfg.BindFlags(c.Flags())
 	spireCfg.BindFlags(c.Flags())
+	wgCfg.BindFlags(c.Flags())
 	c.Flags().BoolVar(&debug, "debug", false, "log at debug level")
 	c.Flags().StringVar(&splicePods, "splice-pods-cgroup", "", "cgroup v2 directory holding this node's pods: splice their sockets with the node proxy's (sockmap; off by default, see docs/ARCHITECTURE.md for what it changes for pods)")
 	c.Flags().StringVar(&spliceProxy, "splice-proxy-cgroup", "", "cgroup v2 directory of the node proxy, with --splice-pods-cgroup")

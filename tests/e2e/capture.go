@@ -25,8 +25,18 @@ type Capture struct {
 // CaptureUnderlay starts capturing the underlay's TCP traffic into a pcap
 // file in the harness's directory, and returns once tcpdump listens.
 func (h *Harness) CaptureUnderlay(ctx context.Context) (*Capture, error) {
+	return h.CaptureUnderlayFilter(ctx, "tcp")
+}
+
+// CaptureUnderlayFilter is CaptureUnderlay with a tcpdump filter
+// expression ("" for every packet).
+func (h *Harness) CaptureUnderlayFilter(ctx context.Context, filter string) (*Capture, error) {
 	file := filepath.Join(h.Dir, fmt.Sprintf("underlay-%d.pcap", time.Now().UnixNano()))
-	cmd := exec.Command("ip", "netns", "exec", h.C.SwitchNetns(), "tcpdump", "-i", "any", "--immediate-mode", "-U", "-s", "0", "-w", file, "tcp")
+	args := []string{"netns", "exec", h.C.SwitchNetns(), "tcpdump", "-i", "any", "--immediate-mode", "-U", "-s", "0", "-w", file}
+	if filter != "" {
+		args = append(args, filter)
+	}
+	cmd := exec.Command("ip", args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

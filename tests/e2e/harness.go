@@ -35,6 +35,9 @@ type Options struct {
 	// disabled, and no CA.
 	MTLS   string
 	CAArgs []string
+	// WireGuard turns on encryption between nodes (embedded userspace
+	// devices, keys in the harness's directory).
+	WireGuard bool
 }
 
 // Harness is a running virtual cluster with an agent per node.
@@ -48,6 +51,7 @@ type Harness struct {
 	mtls   string
 	caArgs []string
 	ca     *vcluster.Process
+	wg     bool
 
 	mu      sync.Mutex
 	agents  map[string]*vcluster.Process
@@ -189,7 +193,7 @@ func (h *Harness) logf(format string, args ...any) {
 // Start creates the cluster, starts a server in every pod and an agent on
 // every node, and waits until every agent enforces every local pod.
 func Start(ctx context.Context, opts Options) (_ *Harness, err error) {
-	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}, proxies: map[string]*vcluster.Process{}, mtls: opts.MTLS, caArgs: opts.CAArgs}
+	h := &Harness{log: opts.Log, agents: map[string]*vcluster.Process{}, proxies: map[string]*vcluster.Process{}, mtls: opts.MTLS, caArgs: opts.CAArgs, wg: opts.WireGuard}
 	if h.agentBin, err = AgentBinary(); err != nil {
 		return nil, err
 	}
@@ -330,11 +334,17 @@ func (h *Harness) StartAgent(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	proc, err := n.Start(context.Background(), h.agentBin, "--node-name", node,
+	args := []string{h.agentBin, "--node-name", node,
 		"--world", filepath.Join(h.Dir, "world.yaml"), "--policies", filepath.Join(h.Dir, "policies"),
-		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:"+h.MetricsSocket(node),
+		"--bpf-pin-dir", pins, "--api-socket", h.Socket(node), "--metrics-addr", "unix:" + h.MetricsSocket(node),
 		"--xds-socket", h.XDSSocket(node), "--resync", "1s", "--mtls-mode", cmp.Or(h.mtls, "disabled"),
-		"--ca-socket", caserver.NodeSocket(h.CADir(), node), "--svid-retry-min", "200ms", "--svid-retry-max", "2s")
+		"--ca-socket", caserver.NodeSocket(h.CADir(), node), "--svid-retry-min", "200ms", "--svid-retry-max", "2s"}
+	if h.wg {
+		// /var/run/wireguard is shared by the nodes: one interface name each.
+		args = append(args, "--encryption", "wireguard", "--wireguard-key-store", filepath.Join(h.Dir, "wireguard-keys"),
+			"--wireguard-key-file", filepath.Join(h.Dir, "wireguard", node+".key"), "--wireguard-interface", "nmwg-"+node)
+	}
+	proc, err := n.Start(context.Background(), args...)
 	if err != nil {
 		return err
 	}
