@@ -254,6 +254,7 @@ type Server interface {
 	Identities(context.Context) (*IdentityList, error)
 	Certs(context.Context, *CertsRequest) (*CertChains, error)
 	Encryption(context.Context) (*EncryptionStatus, error)
+	RotateEncryptionKey(context.Context) (*RotateKeyResult, error)
 	Observe(ctx context.Context, req *ObserveRequest, send func(*FlowEvent) error) error
 }
 
@@ -291,6 +292,12 @@ var serviceDesc = grpc.ServiceDesc{
 				return nil, err
 			}
 			return srv.(Server).Encryption(ctx)
+		}},
+		{MethodName: "RotateEncryptionKey", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			if err := dec(&RotateKeyRequest{}); err != nil {
+				return nil, err
+			}
+			return srv.(Server).RotateEncryptionKey(ctx)
 		}},
 		{MethodName: "Identities", Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 			if err := dec(&IdentitiesRequest{}); err != nil {
@@ -395,6 +402,12 @@ func (c *Client) Identities(ctx context.Context) (*IdentityList, error) {
 func (c *Client) Encryption(ctx context.Context) (*EncryptionStatus, error) {
 	out := &EncryptionStatus{}
 	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/Encryption", &EncryptionStatusRequest{}, out)
+}
+
+// RotateEncryptionKey calls the RotateEncryptionKey method.
+func (c *Client) RotateEncryptionKey(ctx context.Context) (*RotateKeyResult, error) {
+	out := &RotateKeyResult{}
+	return out, c.conn.Invoke(ctx, "/"+ServiceName+"/RotateEncryptionKey", &RotateKeyRequest{}, out)
 }
 
 // Certs calls the Certs method.

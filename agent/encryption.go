@@ -31,6 +31,39 @@ type Tunnel interface {
 	SetPeers(peers []TunnelPeer, fallback []netip.Prefix) error
 	// Status describes the device and its peers.
 	Status() (*EncryptionStatus, error)
+	// RotateKey makes, stores and uses a new key pair; PublicKey returns
+	// the new public key from then on.
+	RotateKey() error
+}
+
+// RotateKeyRequest asks the agent to rotate its node's WireGuard key.
+type RotateKeyRequest struct{}
+
+// RotateKeyResult says what the rotation did.
+type RotateKeyResult struct {
+	Node         string `json:"node"`
+	OldPublicKey string `json:"oldPublicKey"`
+	PublicKey    string `json:"publicKey"`
+}
+
+// RotateEncryptionKey implements Server: the node gets a new WireGuard key
+// pair and publishes the public key. Sessions with the old key end at once
+// (WireGuard expires them); each peer handshakes again as soon as it has
+// read the new key (within its resync interval), and established TCP
+// connections carry on after the retransmissions of that gap.
+func (a *Agent) RotateEncryptionKey(context.Context) (*RotateKeyResult, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.tunnel == nil {
+		return nil, errors.New("encryption between nodes is off on this node (--encryption disabled)")
+	}
+	old := a.tunnel.PublicKey()
+	if err := a.tunnel.RotateKey(); err != nil {
+		return nil, fmt.Errorf("rotate the WireGuard key: %w", err)
+	}
+	a.log.Info("rotated the node's WireGuard key", "old_public_key", old, "public_key", a.tunnel.PublicKey())
+	a.program() // publishes the new public key
+	return &RotateKeyResult{Node: a.cfg.NodeName, OldPublicKey: old, PublicKey: a.tunnel.PublicKey()}, nil
 }
 
 // EncryptionStatusRequest asks for the node's WireGuard state.

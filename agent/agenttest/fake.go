@@ -228,7 +228,11 @@ type Tunnel struct {
 }
 
 // PublicKey implements agent.Tunnel.
-func (t *Tunnel) PublicKey() string { return t.Key }
+func (t *Tunnel) PublicKey() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.Key
+}
 
 // ListenPort implements agent.Tunnel.
 func (t *Tunnel) ListenPort() int { return t.Port }
@@ -239,6 +243,14 @@ func (t *Tunnel) SetPeers(ps []agent.TunnelPeer, fallback []netip.Prefix) error 
 	defer t.mu.Unlock()
 	t.peers, t.Sets = append([]agent.TunnelPeer(nil), ps...), t.Sets+1
 	t.Fallback = append([]netip.Prefix(nil), fallback...)
+	return nil
+}
+
+// RotateKey implements agent.Tunnel: the key gets a "-rotated" suffix.
+func (t *Tunnel) RotateKey() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.Key += "-rotated"
 	return nil
 }
 

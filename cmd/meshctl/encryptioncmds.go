@@ -23,7 +23,37 @@ one, allowed that node's pod CIDRs. Pod traffic to a node without a peer is
 dropped (reason encryption-unavailable), never sent in plaintext.`,
 		Args: cobra.NoArgs,
 	}
-	c.AddCommand(newEncryptionStatusCmd())
+	c.AddCommand(newEncryptionStatusCmd(), newRotateKeyCmd())
+	return c
+}
+
+func newRotateKeyCmd() *cobra.Command {
+	var f agentFlags
+	c := &cobra.Command{
+		Use:   "rotate-key",
+		Short: "Give a node a new WireGuard key pair and publish its public key",
+		Long: `Give a node a new WireGuard key pair: the private key is stored (0600) and
+used at once, the public key published for the other nodes. Sessions with
+the old key end; each peer handshakes again as soon as it reads the new key
+(within its agent's --resync interval), and established TCP connections
+carry on after retransmitting that gap.`,
+		Example: `  meshctl encryption rotate-key --node node-1`,
+		Args:    cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return f.call(c.Context(), func(ctx context.Context, cl *agent.Client) error {
+				res, err := cl.RotateEncryptionKey(ctx)
+				if err != nil {
+					return fmt.Errorf("ask the agent: %w", err)
+				}
+				if f.output == "json" {
+					return writeJSON(c.OutOrStdout(), res)
+				}
+				fmt.Fprintf(c.OutOrStdout(), "Node %s: new WireGuard public key %s (was %s), published\n", res.Node, res.PublicKey, res.OldPublicKey)
+				return nil
+			})
+		},
+	}
+	f.bind(c)
 	return c
 }
 

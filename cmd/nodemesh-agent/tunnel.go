@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"sync"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -14,9 +15,12 @@ import (
 
 // tunnel adapts a wireguard.Device to agent.Tunnel.
 type tunnel struct {
-	dev  *wireguard.Device
-	pub  string
-	port int
+	dev     *wireguard.Device
+	keyFile string
+	port    int
+
+	mu  sync.Mutex
+	pub string
 }
 
 // openTunnel opens the node's WireGuard device (in the agent's network
@@ -38,13 +42,36 @@ func openTunnel(a *agent.Agent, cfg agent.Config, wg wireguard.Config, log *slog
 		return nil, err
 	}
 	wg.Defaults()
-	a.SetTunnel(&tunnel{dev: dev, pub: key.PublicKey().String(), port: wg.ListenPort}, agent.KeyStore{Dir: cfg.KeyStore})
+	a.SetTunnel(&tunnel{dev: dev, keyFile: wg.KeyFile, pub: key.PublicKey().String(), port: wg.ListenPort}, agent.KeyStore{Dir: cfg.KeyStore})
 	log.Info("encryption between nodes: WireGuard", "interface", dev.Interface(), "kind", dev.Kind(), "port", wg.ListenPort)
 	return dev, nil
 }
 
-func (t *tunnel) PublicKey() string { return t.pub }
-func (t *tunnel) ListenPort() int   { return t.port }
+func (t *tunnel) PublicKey() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.pub
+}
+
+func (t *tunnel) ListenPort() int { return t.port }
+
+// RotateKey stores a new key first, so a restart keeps it, then uses it.
+func (t *tunnel) RotateKey() error {
+	k, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	if err := wireguard.StoreKey(t.keyFile, k); err != nil {
+		return err
+	}
+	if err := t.dev.SetPrivateKey(k); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.pub = k.PublicKey().String()
+	t.mu.Unlock()
+	return nil
+}
 
 func (t *tunnel) SetPeers(peers []agent.TunnelPeer, fallback []netip.Prefix) error {
 	ps := make([]wireguard.Peer, 0, len(peers))
