@@ -169,6 +169,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runIdentities(ctx, run)
 	if a.tunnel != nil {
 		run("tunnel-keys", func() error { a.followKeys(ctx, a.cfg.Resync); return nil })
+		if a.cfg.RotateKeyEvery > 0 {
+			run("tunnel-rotation", func() error { a.rotateEvery(ctx, a.cfg.RotateKeyEvery); return nil })
+		}
 	}
 	run("links", func() error { return a.links.Watch(ctx, a.attach) })
 	run("events", func() error { return a.dp.ReadEvents(ctx, a.recordEvent) })

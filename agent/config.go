@@ -45,6 +45,9 @@ type Config struct {
 	// standalone mode (a directory every agent can read).
 	Encryption string
 	KeyStore   string
+	// RotateKeyEvery, when set, rotates the node's WireGuard key at this
+	// interval (as meshctl encryption rotate-key does).
+	RotateKeyEvery time.Duration
 }
 
 // MTLSModeLabel is the namespace label that overrides --mtls-mode for the
@@ -123,6 +126,9 @@ func (c *Config) Validate() error {
 	if c.Encryption != "disabled" && c.Encryption != "wireguard" {
 		errs = append(errs, fmt.Errorf("--encryption %q: want disabled or wireguard", c.Encryption))
 	}
+	if c.RotateKeyEvery < 0 || (c.RotateKeyEvery > 0 && c.RotateKeyEvery < time.Minute) {
+		errs = append(errs, fmt.Errorf("--wireguard-rotate-every %s: 0 (off) or at least 1m (every rotation pauses traffic to each peer until it reads the new key)", c.RotateKeyEvery))
+	}
 	if c.IdentitySource != "ca" && c.IdentitySource != "spire" {
 		errs = append(errs, fmt.Errorf("--identity-source %q: want ca (the built-in CA, nodemesh-ca) or spire", c.IdentitySource))
 	}
@@ -150,5 +156,6 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.CASocket, "ca-socket", c.CASocket, "this node's socket of the built-in CA, nodemesh-ca (default /run/nodemesh/ca/nodes/<node>.sock)")
 	fs.StringVar(&c.Encryption, "encryption", c.Encryption, "encrypt pod traffic between nodes: disabled or wireguard (each node makes its key pair, publishes the public key in --wireguard-key-store and peers with every node that did; pod traffic to a node without a key is dropped, never sent in plaintext) (default disabled)")
 	fs.StringVar(&c.KeyStore, "wireguard-key-store", c.KeyStore, "standalone mode: directory where the nodes publish their WireGuard public keys and endpoints, shared by all agents (default /run/nodemesh/wireguard/keys)")
+	fs.DurationVar(&c.RotateKeyEvery, "wireguard-rotate-every", c.RotateKeyEvery, "rotate the node's WireGuard key at this interval, as 'meshctl encryption rotate-key' does (0: only on request)")
 	fs.StringVar(&c.IdentitySource, "identity-source", c.IdentitySource, "where the workloads' SVIDs come from: ca (the built-in CA, nodemesh-ca, at --ca-socket) or spire (a SPIRE agent's Workload API at --spire-socket; see docs/spire.md) (default ca)")
 }

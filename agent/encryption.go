@@ -136,6 +136,24 @@ func (a *Agent) followKeys(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// rotateEvery rotates the node's key every interval until ctx ends; a
+// failed rotation is logged and retried at the next tick (the old key stays
+// in use).
+func (a *Agent) rotateEvery(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := a.RotateEncryptionKey(ctx); err != nil {
+			a.log.Error("periodic WireGuard key rotation failed; the current key stays", "err", err)
+		}
+	}
+}
+
 // programTunnel publishes this node's key, sets the device's peers from
 // the world and the store, and marks ipc's remote pods that no peer
 // covers. a.mu is held. Without a tunnel it does nothing.

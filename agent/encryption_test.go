@@ -70,4 +70,29 @@ func TestEncryptionPeers(t *testing.T) {
 	if noTunnel("10.0.1.10") {
 		t.Error("a local pod was marked untunnelled")
 	}
+
+	// Rotation: the new public key is published at once.
+	res, err := c.RotateEncryptionKey(ctx)
+	if err != nil || res.OldPublicKey != "node-1-public" || res.PublicKey != "node-1-public-rotated" {
+		t.Fatalf("rotate: %+v %v", res, err)
+	}
+	keys, err := store.Read()
+	if err != nil || keys["node-1"].PublicKey != "node-1-public-rotated" {
+		t.Errorf("published after rotation: %+v %v", keys["node-1"], err)
+	}
+}
+
+func TestRotateEveryValidation(t *testing.T) {
+	for _, d := range []time.Duration{-time.Minute, 30 * time.Second} {
+		cfg := agent.Config{NodeName: "n", WorldPaths: []string{"w"}, PolicyPaths: []string{"p"}, RotateKeyEvery: d}
+		cfg.Defaults()
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("--wireguard-rotate-every %s accepted", d)
+		}
+	}
+	cfg := agent.Config{NodeName: "n", WorldPaths: []string{"w"}, PolicyPaths: []string{"p"}, RotateKeyEvery: 24 * time.Hour}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("a day refused: %v", err)
+	}
 }
