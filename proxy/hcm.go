@@ -5,11 +5,13 @@ import (
 	"strings"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
 	stdoutlog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	routerfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // hcmConfig is a compiled HttpConnectionManager. The connection-level part
@@ -197,31 +199,13 @@ func compileHCM(path string, h *hcm.HttpConnectionManager) (*hcmConfig, error) {
 		}
 	}
 
-	for i, al := range h.GetAccessLog() {
-		ap := fmt.Sprintf("%s.access_log[%d]", path, i)
-		if err := onlyFields(ap, al, "name", "typed_config"); err != nil {
-			return nil, err
-		}
-		// As in Envoy, the typed_config's type selects the logger.
-		switch al.GetTypedConfig().GetTypeUrl() {
-		case typeURLOf(&stdoutlog.StdoutAccessLog{}):
-			var so stdoutlog.StdoutAccessLog
-			if err := unpackAny(ap+".typed_config", al.GetTypedConfig(), &so); err != nil {
-				return nil, err
-			}
-			if err := onlyFields(ap+".typed_config", &so); err != nil {
-				return nil, fmt.Errorf("%s: the proxy writes its own JSON line: %w", ap, err)
-			}
-			c.accessLog = true
-		case typeURLOf(&grpcals.HttpGrpcAccessLogConfig{}):
-			g, err := compileHTTPGRPCLog(ap+".typed_config", al.GetTypedConfig())
-			if err != nil {
-				return nil, err
-			}
-			c.grpcLogs = append(c.grpcLogs, g)
-		default:
-			return nil, fmt.Errorf("%s: access logger %q is not supported by nodemesh-proxy (%s without log_format, %s)", ap, al.GetName(), accessLogStdout, accessLogHTTPGRPC)
-		}
+	var err error
+	c.accessLog, c.grpcLogs, err = compileAccessLogs(path, h.GetAccessLog(), typeURLOf(&grpcals.HttpGrpcAccessLogConfig{}), compileHTTPGRPCLog,
+		func(ap string, al *accesslogv3.AccessLog) error {
+			return fmt.Errorf("%s: access logger %q is not supported by nodemesh-proxy (%s without log_format, %s)", ap, al.GetName(), accessLogStdout, accessLogHTTPGRPC)
+		})
+	if err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -241,4 +225,39 @@ func checkADSSource(path string, cs *core.ConfigSource) error {
 		return fmt.Errorf("%s.resource_api_version: %s is not supported", path, v)
 	}
 	return nil
+}
+
+// compileAccessLogs compiles a filter's access_log list: the stdout logger
+// (without log_format: the proxy writes its own JSON line) and the gRPC
+// logger whose config has type URL grpcType (compiled by compileGRPC). As
+// in Envoy, the typed_config's type selects the logger. unsupported makes
+// the error for any other entry.
+func compileAccessLogs(path string, logs []*accesslogv3.AccessLog, grpcType string, compileGRPC func(string, *anypb.Any) (*grpcLogConfig, error),
+	unsupported func(ap string, al *accesslogv3.AccessLog) error) (stdout bool, grpc []*grpcLogConfig, err error) {
+	for i, al := range logs {
+		ap := fmt.Sprintf("%s.access_log[%d]", path, i)
+		if err := onlyFields(ap, al, "name", "typed_config"); err != nil {
+			return false, nil, err
+		}
+		switch al.GetTypedConfig().GetTypeUrl() {
+		case typeURLOf(&stdoutlog.StdoutAccessLog{}):
+			var so stdoutlog.StdoutAccessLog
+			if err := unpackAny(ap+".typed_config", al.GetTypedConfig(), &so); err != nil {
+				return false, nil, err
+			}
+			if err := onlyFields(ap+".typed_config", &so); err != nil {
+				return false, nil, fmt.Errorf("%s: the proxy writes its own JSON line: %w", ap, err)
+			}
+			stdout = true
+		case grpcType:
+			g, err := compileGRPC(ap+".typed_config", al.GetTypedConfig())
+			if err != nil {
+				return false, nil, err
+			}
+			grpc = append(grpc, g)
+		default:
+			return false, nil, unsupported(ap, al)
+		}
+	}
+	return stdout, grpc, nil
 }

@@ -22,9 +22,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	grpcals "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
-	stdoutlog "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	netrbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/proto"
@@ -75,34 +75,17 @@ func compileTCPProxy(path string, t *tcpproxy.TcpProxy) (*tcpProxyConfig, error)
 		}
 		c.idleTimeout = t.GetIdleTimeout().AsDuration() // 0 disables it, as in Envoy
 	}
-	for i, al := range t.GetAccessLog() {
-		ap := fmt.Sprintf("%s.access_log[%d]", path, i)
-		if err := onlyFields(ap, al, "name", "typed_config"); err != nil {
-			return nil, err
-		}
-		// As in Envoy, the typed_config's type selects the logger.
-		switch al.GetTypedConfig().GetTypeUrl() {
-		case typeURLOf(&stdoutlog.StdoutAccessLog{}):
-			var so stdoutlog.StdoutAccessLog
-			if err := unpackAny(ap+".typed_config", al.GetTypedConfig(), &so); err != nil {
-				return nil, err
+	var err error
+	c.accessLog, c.grpcLogs, err = compileAccessLogs(path, t.GetAccessLog(), typeURLOf(&grpcals.TcpGrpcAccessLogConfig{}), compileTCPGRPCLog,
+		func(ap string, al *accesslogv3.AccessLog) error {
+			if al.GetTypedConfig().GetTypeUrl() == "" {
+				return fmt.Errorf("%s.typed_config: is required (%s without log_format, %s)", ap, accessLogStdout, accessLogTCPGRPC)
 			}
-			if err := onlyFields(ap+".typed_config", &so); err != nil {
-				return nil, fmt.Errorf("%s: the proxy writes its own JSON line: %w", ap, err)
-			}
-			c.accessLog = true
-		case typeURLOf(&grpcals.TcpGrpcAccessLogConfig{}):
-			g, err := compileTCPGRPCLog(ap+".typed_config", al.GetTypedConfig())
-			if err != nil {
-				return nil, err
-			}
-			c.grpcLogs = append(c.grpcLogs, g)
-		case "":
-			return nil, fmt.Errorf("%s.typed_config: is required (%s without log_format, %s)", ap, accessLogStdout, accessLogTCPGRPC)
-		default:
-			return nil, fmt.Errorf("%s: access logger %q (%s) is not supported on %s by nodemesh-proxy (%s without log_format, %s)",
+			return fmt.Errorf("%s: access logger %q (%s) is not supported on %s by nodemesh-proxy (%s without log_format, %s)",
 				ap, al.GetName(), al.GetTypedConfig().GetTypeUrl(), filterTCPProxy, accessLogStdout, accessLogTCPGRPC)
-		}
+		})
+	if err != nil {
+		return nil, err
 	}
 	return c, nil
 }
