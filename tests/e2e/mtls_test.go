@@ -62,23 +62,7 @@ func mtlsCluster(t testing.TB, mode string, caArgs ...string) *e2e.Harness {
 		MTLS:   mode,
 		CAArgs: caArgs,
 	}
-	if testing.Verbose() {
-		opts.Log = os.Stderr
-	}
-	h, err := e2e.Start(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpNodes(t, h)
-			t.Logf("nodemesh-ca:\n%s", h.CAStderr())
-			for _, n := range []string{"node-1", "node-2"} {
-				t.Logf("agent of %s:\n%s", n, h.AgentStderr(n))
-			}
-		}
-	})
+	h := startCluster(t, opts)
 	for _, n := range []string{"node-1", "node-2"} {
 		p, err := h.StartProxy(context.Background(), n)
 		if err != nil {
@@ -93,6 +77,33 @@ func mtlsCluster(t testing.TB, mode string, caArgs ...string) *e2e.Harness {
 	if _, err := h.SetPolicies(context.Background(), mtlsPolicies); err != nil {
 		t.Fatal(err)
 	}
+	return h
+}
+
+// startCluster starts a virtual cluster with opts (progress on stderr with
+// -v), closes it when the test ends, and, if the test failed, logs what
+// the agents (and the CA) say.
+func startCluster(t testing.TB, opts e2e.Options) *e2e.Harness {
+	t.Helper()
+	if testing.Verbose() {
+		opts.Log = os.Stderr
+	}
+	h, err := e2e.Start(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpNodes(t, h)
+			if ca := h.CAStderr(); ca != "" {
+				t.Logf("nodemesh-ca:\n%s", ca)
+			}
+			for _, n := range []string{"node-1", "node-2"} {
+				t.Logf("agent of %s:\n%s", n, h.AgentStderr(n))
+			}
+		}
+	})
 	return h
 }
 

@@ -32,22 +32,7 @@ func wgCluster(t *testing.T) *e2e.Harness {
 		Serve:     []string{"--http", "80", "--tcp", "81"},
 		WireGuard: true,
 	}
-	if testing.Verbose() {
-		opts.Log = os.Stderr
-	}
-	h, err := e2e.Start(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	t.Cleanup(func() {
-		if t.Failed() {
-			dumpNodes(t, h)
-			for _, n := range []string{"node-1", "node-2"} {
-				t.Logf("agent of %s:\n%s", n, h.AgentStderr(n))
-			}
-		}
-	})
+	h := startCluster(t, opts)
 	waitHandshakes(t, h, 20*time.Second, time.Time{})
 	return h
 }
