@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -437,6 +438,42 @@ const (
 	reasonNotTLS       = "not-tls"           // the peer does not speak TLS
 	reasonVersion      = "protocol-version"  // no common TLS version
 )
+
+// resumeMargin: a session whose peer certificate expires within it is not
+// resumed. Resumption skips the certificate exchange, so the peer's leaf is
+// the one of the original handshake, however long ago; crypto/tls refuses
+// to resume once it has expired, but checks before the handshake and the
+// proxy's verification runs after it, so a session resumed on the edge of
+// the expiry failed verification (svid-expired) — once every few thousand
+// connections while SVIDs rotate. A full handshake instead presents the
+// peer's current certificate.
+const resumeMargin = 5 * time.Second
+
+// peerExpiry is the Extra entry of a session (SessionState.Extra) that
+// records when the peer's leaf certificate expires: crypto/tls keeps the
+// peer's certificates in the session but does not expose them.
+const peerExpiryTag = "nodemesh-peer-not-after:"
+
+// withPeerExpiry appends the expiry of the leaf of peer to st.
+func withPeerExpiry(st *tls.SessionState, peer []*x509.Certificate) {
+	if len(peer) > 0 {
+		st.Extra = append(st.Extra, []byte(peerExpiryTag+peer[0].NotAfter.UTC().Format(time.RFC3339Nano)))
+	}
+}
+
+// resumable reports whether a session may be resumed at now: its peer's
+// leaf (as withPeerExpiry recorded it) is valid beyond resumeMargin. A
+// session without the record is resumable only when it had no peer
+// certificate recorded at all (none was presented).
+func resumable(st *tls.SessionState, now time.Time) bool {
+	for _, e := range st.Extra {
+		if v, ok := strings.CutPrefix(string(e), peerExpiryTag); ok {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			return err == nil && now.Add(resumeMargin).Before(t)
+		}
+	}
+	return true
+}
 
 // verifyError is a refused peer certificate: the Envoy stat it counts as
 // and the reason.

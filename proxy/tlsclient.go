@@ -18,6 +18,7 @@ import (
 	"container/list"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -106,9 +107,16 @@ func (c *clientTLS) handshake(ctx context.Context, t *upstreamTLS, raw net.Conn,
 	if len(cfg.NextProtos) == 0 && fallbackALPN != "" {
 		cfg.NextProtos = []string{fallbackALPN}
 	}
-	cfg.ClientSessionCache = &keyedSessions{c: c.sessions, key: addr + "|" + cfg.ServerName}
+	ks := &keyedSessions{c: c.sessions, key: addr + "|" + cfg.ServerName}
+	cfg.ClientSessionCache = ks
 	tc := tls.Client(raw, cfg)
 	err := tc.HandshakeContext(ctx)
+	if err == nil {
+		// TLS 1.3 tickets arrive after the handshake (Put): they
+		// record this server's leaf expiry (on a resumption, the
+		// original handshake's leaf).
+		ks.peer = tc.ConnectionState().PeerCertificates
+	}
 	stats := t.p.metrics.ssl.MustCurryWith(map[string]string{"scope": "cluster", "name": t.cluster})
 	if err != nil {
 		stat, reason := classifyHandshakeError(err)
@@ -184,13 +192,39 @@ func (s *sessionCache) put(key string, cs *tls.ClientSessionState) {
 // keyedSessions is a connection's view of its generation's cache, under
 // its own key (crypto/tls would key by SNI alone).
 type keyedSessions struct {
-	c   *sessionCache
-	key string
+	c    *sessionCache
+	key  string
+	peer []*x509.Certificate // the server's chain, once the handshake is done
 }
 
-func (k *keyedSessions) Get(string) (*tls.ClientSessionState, bool) { return k.c.get(k.key) }
+// Get returns the cached session unless its server's certificate expires
+// within resumeMargin (see resumable).
+func (k *keyedSessions) Get(string) (*tls.ClientSessionState, bool) {
+	cs, ok := k.c.get(k.key)
+	if !ok {
+		return nil, false
+	}
+	if _, st, err := cs.ResumptionState(); err != nil || st == nil || !resumable(st, time.Now()) {
+		k.c.put(k.key, nil)
+		return nil, false
+	}
+	return cs, true
+}
 
-func (k *keyedSessions) Put(_ string, cs *tls.ClientSessionState) { k.c.put(k.key, cs) }
+// Put stores cs with the server's leaf expiry recorded in it (resumable).
+func (k *keyedSessions) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		ticket, st, err := cs.ResumptionState()
+		if err != nil || st == nil {
+			return
+		}
+		withPeerExpiry(st, k.peer)
+		if cs, err = tls.NewResumptionState(ticket, st); err != nil {
+			return
+		}
+	}
+	k.c.put(k.key, cs)
+}
 
 // errNoTLS marks a request refused because its cluster's secrets are
 // missing (the cluster cannot be active then, unless a secret was

@@ -73,6 +73,19 @@ func (p *Proxy) newDownstreamTLS(listenerName, chainName string, tc *tlsContext)
 			c.NextProtos = []string{proto}
 		}
 		c.SetSessionTicketKeys([][32]byte{key})
+		// A ticket whose client certificate expires soon is ignored: the
+		// client then presents its current one (resumable).
+		c.WrapSession = func(cs tls.ConnectionState, st *tls.SessionState) ([]byte, error) {
+			withPeerExpiry(st, cs.PeerCertificates)
+			return c.EncryptTicket(cs, st)
+		}
+		c.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+			st, err := c.DecryptTicket(identity, cs)
+			if err != nil || st == nil || !resumable(st, time.Now()) {
+				return nil, nil
+			}
+			return st, nil
+		}
 		d.byALPN[proto] = c
 	}
 	d.outer = &tls.Config{GetConfigForClient: d.configFor}
