@@ -113,6 +113,31 @@ func newNodes(t *testing.T) (*testNet, *node, *node) {
 	return tn, a, b
 }
 
+// waitHandshake waits until a has handshaked with its peer b. Both greet
+// the other at once (persistent keepalive). When the greetings cross, each
+// answers the other's and drops the answer to its own: WireGuard retries
+// after REKEY_TIMEOUT (5 s + up to 1/3 s of jitter), hence 8 s.
+func waitHandshake(t *testing.T, a, b *node) {
+	t.Helper()
+	began := time.Now()
+	deadline := began.Add(8 * time.Second)
+	defer func() { t.Logf("handshake after %v", time.Since(began).Round(time.Millisecond)) }()
+	for {
+		st, err := a.dev.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Peers) == 1 && !st.Peers[0].LastHandshake.IsZero() {
+			return
+		}
+		if time.Now().After(deadline) {
+			stb, _ := b.dev.Status()
+			t.Fatalf("no handshake 8s after the nodes learned each other: a %+v, b %+v\na's log:\n%s\nb's log:\n%s", st.Peers, stb.Peers, a.log, b.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestTunnel is the device's life between two nodes: pod traffic flows
 // encrypted, Status reports it, SetPeers is idempotent, removing the peer
 // stops the traffic and its route, a key rotation keeps an established
@@ -141,23 +166,7 @@ func TestTunnel(t *testing.T) {
 		// greetings cross, each answers the other's and drops the answer
 		// to its own: WireGuard retries after REKEY_TIMEOUT (5 s + up to
 		// 1/3 s of jitter), hence the margin.
-		began := time.Now()
-		deadline := began.Add(8 * time.Second)
-		defer func() { t.Logf("handshake after %v", time.Since(began).Round(time.Millisecond)) }()
-		for {
-			st, err := a.dev.Status()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(st.Peers) == 1 && !st.Peers[0].LastHandshake.IsZero() {
-				return
-			}
-			if time.Now().After(deadline) {
-				stb, _ := b.dev.Status()
-				t.Fatalf("no handshake 8s after the nodes learned each other: a %+v, b %+v\na's log:\n%s\nb's log:\n%s", st.Peers, stb.Peers, a.log, b.log)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		waitHandshake(t, a, b)
 	})
 	echoServer(t, b.ns, "10.77.2.1:7777")
 	echoServer(t, b.ns, "192.168.77.2:7778") // plaintext, for the capture's control

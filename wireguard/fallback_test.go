@@ -37,6 +37,7 @@ func TestFallback(t *testing.T) {
 	try("no peer yet", false)
 	setPeers(t, a, b.peer())
 	setPeers(t, b, a.peer())
+	waitHandshake(t, a, b)
 	try("peer known", true)
 	// The device's route and, behind it, the blackhole (no link).
 	if got := tableRoutes(t, a); !equal(got, []string{"10.77.2.0/24 dev " + a.iface, "10.77.2.0/24 dev ?"}) {
