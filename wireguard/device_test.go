@@ -162,10 +162,6 @@ func TestTunnel(t *testing.T) {
 	setPeers(t, a, b.peer())
 	setPeers(t, b, a.peer())
 	t.Run("peers handshake before any traffic", func(t *testing.T) {
-		// Both greet the other at once (persistent keepalive). When the
-		// greetings cross, each answers the other's and drops the answer
-		// to its own: WireGuard retries after REKEY_TIMEOUT (5 s + up to
-		// 1/3 s of jitter), hence the margin.
 		waitHandshake(t, a, b)
 	})
 	echoServer(t, b.ns, "10.77.2.1:7777")
